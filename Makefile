@@ -1,0 +1,53 @@
+# COEM-nf developer and user commands. `make demo` and `make test` install what is missing
+# (a Python venv with the pinned package, and the pinned Nextflow) on first use.
+
+PYTHON      ?= python3
+VENV        := .venv
+VENV_STAMP  := $(VENV)/.installed
+NXF_JAR     := .nextflow-dist/nextflow-25.04.4-one.jar
+RUN_ENV     := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test test-fast test-data test-full-data bench clean
+
+help:
+	@echo "make demo       install what is missing, run the pipeline on the test data into results/"
+	@echo "make test       install what is missing, run the whole test suite (what CI runs)"
+	@echo "make test-fast  unit tests only (no Nextflow runs)"
+	@echo "make test-data  regenerate assets/test_data with the simulator"
+	@echo "make bench      run the benchmark scripts (prints tables, writes benchmarks/out/*.json)"
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $@
+
+$(NXF_JAR):
+	./nextflow -version >/dev/null
+
+install: $(VENV_STAMP) $(NXF_JAR)
+
+demo: install
+	$(RUN_ENV) ./nextflow run . -profile test --outdir results
+	@echo "Report: results/multiqc/multiqc_report.html"
+
+test: install
+	$(RUN_ENV) $(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS) tests
+
+test-fast: install
+	$(RUN_ENV) $(VENV)/bin/python -m pytest -ra -m "not pipeline" $(PYTEST_ARGS) tests
+
+test-data: $(VENV_STAMP)
+	$(RUN_ENV) bash assets/make_test_data.sh
+
+test-full-data: $(VENV_STAMP)
+	$(RUN_ENV) bin/coem_simulate.py --n-cells 20000 --n-genes 2000 --n-peaks 20000 --seed 1 \
+		--format h5mu --outdir test_full --prefix full
+	printf 'sample,h5mu,labels\nfull,full.h5mu,full_labels.csv\n' > test_full/samplesheet.csv
+
+bench: $(VENV_STAMP)
+	$(RUN_ENV) bash -c 'for b in benchmarks/bench_*.py; do python $$b || exit 1; done'
+
+clean:
+	rm -rf work results .nextflow .nextflow.log* benchmarks/out

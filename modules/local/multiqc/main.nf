@@ -1,0 +1,30 @@
+process MULTIQC {
+    label 'process_single'
+    container "${params.container_cpu}"
+
+    input:
+    path multiqc_files, stageAs: '?/*'
+    path multiqc_config
+
+    output:
+    path "multiqc_report.html", emit: report
+    path "multiqc_data"       , emit: data
+    path "versions.yml"       , emit: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    multiqc --force --strict --config ${multiqc_config} --filename multiqc_report.html ${args} .
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        multiqc: \$( multiqc --version | sed -e 's/.*version //' )
+    END_VERSIONS
+    """
+
+    stub:
+    """
+    mkdir multiqc_data
+    touch multiqc_report.html versions.yml
+    """
+}

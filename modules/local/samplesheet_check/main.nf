@@ -1,0 +1,32 @@
+process SAMPLESHEET_CHECK {
+    tag "${samplesheet.name}"
+    label 'process_single'
+    container "${params.container_cpu}"
+
+    input:
+    path samplesheet
+    val  base_dir      // relative paths in the samplesheet are resolved against its own folder
+
+    output:
+    path 'samplesheet.valid.csv', emit: csv
+    path 'versions.yml'         , emit: versions
+
+    script:
+    // Inside a container the user's files are not mounted: existence is then checked by
+    // the workflow (subworkflows/local/input_check) when it stages them.
+    def check_files = workflow.containerEngine ? '--no-check-files' : ''
+    """
+    coem_samplesheet_check.py \\
+        --input ${samplesheet} \\
+        --base-dir ${base_dir} \\
+        --output samplesheet.valid.csv \\
+        ${check_files} \\
+        --process-name ${task.process}
+    """
+
+    stub:
+    """
+    cp ${samplesheet} samplesheet.valid.csv
+    touch versions.yml
+    """
+}

@@ -1,0 +1,115 @@
+"""Real Nextflow runs of the pipeline: test profile, -stub, -resume, bad input, --help."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from .conftest import REPO, latest_trace, run_nextflow
+
+pytestmark = pytest.mark.pipeline
+
+SAMPLES = ("sim1", "sim2")
+# Section ids our steps write; MultiQC drops an invalid section silently, so assert them.
+EXPECTED_SECTIONS = {
+    "coem_qc_summary", "coem_qc_rna_counts", "coem_qc_atac_counts",
+    "coem_metacells_summary", "coem_metacell_sizes",
+    "coem_peak2gene_summary", "coem_peak2gene_r",
+}
+
+
+def _multiqc_data(outdir):
+    return json.loads((outdir / "multiqc" / "multiqc_data" / "multiqc_data.json").read_text())
+
+
+def test_test_profile_publishes_every_step(test_profile_run):
+    out = test_profile_run.outdir
+    assert (out / "multiqc" / "multiqc_report.html").stat().st_size > 10_000
+    for sample in SAMPLES:
+        assert (out / "qc" / f"{sample}.qc_summary.json").exists()
+        assert (out / "metacells" / f"{sample}.metacells.h5mu").exists()
+        assert (out / "metacells" / f"{sample}.metacell_sizes.tsv").exists()
+        assert (out / "aggregate" / f"{sample}.aggregated.h5mu").exists()
+        assert (out / "peak2gene" / f"{sample}.peak2gene.tsv").exists()
+    versions = (out / "pipeline_info" / "coem_software_mqc_versions.yml").read_text()
+    assert "Nextflow" in versions and "numpy" in versions
+
+
+def test_report_has_our_sections_with_one_row_per_sample(test_profile_run):
+    data = _multiqc_data(test_profile_run.outdir)
+    section_ids = {s for s in data["report_data_sources"].get("Custom content", {})} | set(
+        data.get("report_plot_data", {}).keys()
+    )
+    text = json.dumps(data)
+    missing = {sid for sid in EXPECTED_SECTIONS if sid not in text}
+    assert not missing, f"sections missing from multiqc_data.json: {missing}; found {sorted(section_ids)[:30]}"
+    qc_rows = data["report_saved_raw_data"]["multiqc_coem_qc_summary"]
+    assert set(qc_rows) == set(SAMPLES)
+    assert "coem-params-summary" in text and "software_versions" in text
+
+
+def test_metacell_count_matches_request(test_profile_run):
+    import mudata
+
+    for sample in SAMPLES:
+        qc = json.loads((test_profile_run.outdir / "qc" / f"{sample}.qc_summary.json").read_text())
+        sizes = pd.read_csv(test_profile_run.outdir / "metacells" / f"{sample}.metacell_sizes.tsv", sep="\t")
+        n_cells = sizes["size"].sum()
+        assert n_cells == qc["cells_after"]
+        assert len(sizes) == max(1, round(n_cells / 20))  # test profile: 20 cells per metacell
+        assert (sizes["size"] > 0).all()
+        agg = mudata.read_h5mu(test_profile_run.outdir / "aggregate" / f"{sample}.aggregated.h5mu")
+        assert agg.n_obs == len(sizes)
+
+
+def test_resume_caches_every_finished_task(test_profile_run):
+    result = run_nextflow(
+        ["run", str(REPO), "-profile", "test", "--outdir", "results", "-resume"], test_profile_run.launch_dir
+    )
+    assert result.returncode == 0, result.output[-4000:]
+    rows = latest_trace(test_profile_run.outdir)
+    assert rows, "empty trace"
+    not_cached = [r["name"] for r in rows if r["status"] != "CACHED"]
+    assert not not_cached, f"tasks re-run on -resume: {not_cached}"
+
+
+def test_stub_run_of_the_whole_dag(tmp_path):
+    result = run_nextflow(["run", str(REPO), "-profile", "test", "-stub", "--outdir", "results"], tmp_path)
+    assert result.returncode == 0, result.output[-4000:]
+    processes = {r["process"].split(":")[-1] for r in latest_trace(tmp_path / "results")}
+    assert {"SAMPLESHEET_CHECK", "QC", "METACELLS", "AGGREGATE", "PEAK2GENE", "MULTIQC"} <= processes
+    assert processes & {"TRAIN_VAE", "EMBED"}
+
+
+def test_missing_file_fails_fast_naming_line_and_problem(tmp_path):
+    data = REPO / "assets" / "test_data"
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(
+        "sample,h5mu,labels\n"
+        f"good,{data / 'sim2.h5mu'},\n"
+        f"bad,{tmp_path / 'does_not_exist.h5mu'},\n"
+    )
+    result = run_nextflow(["run", str(REPO), "--input", str(sheet), "--outdir", "x"], tmp_path)
+    assert result.returncode != 0
+    assert "line 3" in result.output and "does_not_exist.h5mu" in result.output
+    assert "not found" in result.output or "does not exist" in result.output
+    assert result.seconds < 60, f"took {result.seconds:.0f} s"
+    assert not (tmp_path / "x" / "qc").exists(), "nothing may be published for a bad samplesheet"
+
+
+def test_help_lists_parameters_from_schema(tmp_path):
+    result = run_nextflow(["run", str(REPO), "--help"], tmp_path)
+    assert result.returncode == 0, result.output[-2000:]
+    for param in ("--input", "--cells_per_metacell", "--embedding", "--qc_min_genes", "--p2g_window"):
+        assert param in result.output
+
+
+def test_invalid_parameter_value_is_rejected(tmp_path):
+    result = run_nextflow(
+        ["run", str(REPO), "-profile", "test", "--embedding", "umap", "--outdir", "x"], tmp_path
+    )
+    assert result.returncode != 0
+    assert "--embedding" in result.output and "umap" in result.output
