@@ -1,0 +1,218 @@
+"""``coem_qc.py``: read one sample, apply per-cell QC, write the filtered MuData and its report.
+
+Outputs (``P`` = ``--prefix``, default the sample id):
+
+- ``P.qc.h5mu``: the filtered cells/genes/peaks with QC metrics in ``obs`` and the step record
+  under ``uns['coem']['qc']``;
+- ``P.qc_summary.json``: the QCReport;
+- MultiQC custom content: ``P_qc_general_mqc.json`` (General Statistics row),
+  ``P_qc_summary_mqc.json`` (before/after table), ``P_qc_{rna_counts,atac_counts,genes}_mqc.json``
+  (per-cell boxplots of at most 2,000 cells, seeded);
+- ``versions.yml``.
+
+A sample that fails QC raises ``CoemInputError`` before anything is written, and the h5mu is
+written under a temporary name and renamed last, so a failed run never leaves a file that
+looks like a good output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from coem import multiqc
+from coem._logging import get_logger
+from coem.cli._common import base_parser
+from coem.errors import CoemInputError
+from coem.provenance import record_step, write_versions_yml
+from coem.qc import QCThresholds, QCReport, apply_qc
+
+STEP = "qc"
+MAX_BOX_CELLS = 2000
+THRESHOLD_HELP = {
+    "min_rna_counts": "minimum RNA UMIs per cell",
+    "max_rna_counts": "maximum RNA UMIs per cell ('none' = off)",
+    "min_genes": "minimum genes detected per cell",
+    "max_pct_mito": "maximum percent mitochondrial UMIs ('none' = off)",
+    "min_atac_counts": "minimum ATAC counts per cell",
+    "max_atac_counts": "maximum ATAC counts per cell ('none' = off)",
+    "min_peaks": "minimum peaks detected per cell",
+    "min_cells_per_gene": "drop genes detected in fewer cells (after cell filtering)",
+    "min_cells_per_peak": "drop peaks detected in fewer cells (after cell filtering)",
+    "min_cells": "fail the sample when fewer cells pass QC",
+}
+# Per-cell boxplots: (metric column, section id suffix, title).
+BOXPLOTS = (
+    ("rna_total_counts", "rna_counts", "RNA UMIs per cell"),
+    ("atac_total_counts", "atac_counts", "ATAC counts per cell"),
+    ("rna_n_genes", "genes", "genes detected per cell"),
+)
+
+log = get_logger("coem.qc")
+
+
+def _number_or_none(text: str) -> float | None:
+    """Threshold values: a number, or none/off/null to switch a filter off."""
+    if text.strip().lower() in {"none", "off", "null", ""}:
+        return None
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise ValueError(f"not a number: {text!r}") from err
+    return int(value) if value.is_integer() else value
+
+
+def build_parser():
+    parser = base_parser("Per-cell QC of one multiome sample (RNA + ATAC).")
+    inputs = parser.add_argument_group("input (one of --h5, --h5mu, or --rna with --atac)")
+    inputs.add_argument("--h5", default=None, help="10x cellranger-arc filtered_feature_bc_matrix.h5")
+    inputs.add_argument("--h5mu", default=None, help="MuData file with 'rna' and 'atac' modalities")
+    inputs.add_argument("--rna", default=None, help="RNA AnnData (.h5ad)")
+    inputs.add_argument("--atac", default=None, help="ATAC AnnData (.h5ad)")
+    inputs.add_argument("--labels", default=None, help="CSV of cell labels (barcode,label)")
+    inputs.add_argument("--annotation", default=None, help="gene TSS table (when the input has none)")
+    defaults = QCThresholds()
+    thresholds = parser.add_argument_group("QC thresholds (defaults for 10x Multiome)")
+    for name, text in THRESHOLD_HELP.items():
+        thresholds.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=_number_or_none, default=getattr(defaults, name),
+            help=f"{text} (default: {getattr(defaults, name)})",
+        )
+    return parser
+
+
+def _input_row(args) -> dict:
+    """The samplesheet-like row ``coem.readers.read_sample`` takes; checks one input kind is given."""
+    given = [kind for kind in ("h5", "h5mu") if getattr(args, kind)]
+    if args.rna or args.atac:
+        if not (args.rna and args.atac):
+            raise CoemInputError("--rna and --atac must be given together", sample=args.sample)
+        given.append("rna+atac")
+    if len(given) != 1:
+        found = ", ".join(given) if given else "none"
+        raise CoemInputError(
+            f"give exactly one input: --h5, --h5mu, or --rna with --atac (found: {found})", sample=args.sample
+        )
+    keys = ("h5", "h5mu", "rna", "atac", "labels", "annotation")
+    return {key: getattr(args, key) or "" for key in keys}
+
+
+def _thresholds(args) -> QCThresholds:
+    """Turn the threshold flags into QCThresholds; a bad value becomes a user-facing error."""
+    try:
+        return QCThresholds(**{name: getattr(args, name) for name in THRESHOLD_HELP})
+    except ValueError as err:
+        raise CoemInputError(f"invalid QC threshold: {err}", sample=args.sample) from err
+
+
+def _subsample(n: int, seed: int) -> np.ndarray:
+    """At most MAX_BOX_CELLS cell indices, seeded, in order, so the report stays small."""
+    if n <= MAX_BOX_CELLS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_BOX_CELLS, replace=False))
+
+
+def write_multiqc(prefix: str, sample: str, report: QCReport, obs, seed: int) -> list[Path]:
+    """All MultiQC custom content of this step (one file per section, this sample's data)."""
+    med = report.medians_after
+    general = {
+        "cells_after_qc": report.cells_after,
+        "median_rna_umis": med["rna_total_counts"],
+        "median_genes": med["rna_n_genes"],
+        "median_atac_counts": med["atac_total_counts"],
+        "pct_cells_kept": report.pct_cells_kept,
+    }
+    general_headers = {
+        "cells_after_qc": {"title": "Cells (QC)", "description": "cells passing QC", "format": "{:,.0f}"},
+        "median_rna_umis": {"title": "Median UMIs", "description": "median RNA UMIs per cell after QC",
+                            "format": "{:,.0f}"},
+        "median_genes": {"title": "Median genes", "description": "median genes per cell after QC",
+                         "format": "{:,.0f}"},
+        "median_atac_counts": {"title": "Median ATAC", "description": "median ATAC counts per cell after QC",
+                               "format": "{:,.0f}"},
+        "pct_cells_kept": {"title": "% kept", "description": "percent of cells passing QC", "suffix": "%",
+                           "min": 0, "max": 100, "format": "{:,.1f}"},
+    }
+    paths = [multiqc.general_stats(f"{prefix}_qc_general_mqc.json", "coem_qc_general", sample, general,
+                                   general_headers)]
+    paths.append(multiqc.table(
+        f"{prefix}_qc_summary_mqc.json", "coem_qc_summary", "QC: before / after",
+        "Cells, genes and peaks before and after QC, cells failing each filter (a cell can fail several) "
+        "and median per-cell metrics.",
+        {sample: _summary_row(report)},
+    ))
+    keep = _subsample(len(obs), seed)
+    for metric, suffix, title in BOXPLOTS:
+        paths.append(multiqc.boxplot(
+            f"{prefix}_qc_{suffix}_mqc.json", f"coem_qc_{suffix}", f"QC: {title}",
+            f"Distribution of {title} after QC (coem_qc_distributions; at most {MAX_BOX_CELLS} cells per "
+            "sample, subsampled with the step's seed).",
+            {sample: obs[metric].to_numpy()[keep].tolist()},
+        ))
+    return paths
+
+
+def _summary_row(report: QCReport) -> dict:
+    row = {
+        "cells_before": report.cells_before, "cells_after": report.cells_after,
+        "pct_cells_kept": round(report.pct_cells_kept, 2),
+        "genes_before": report.genes_before, "genes_after": report.genes_after,
+        "peaks_before": report.peaks_before, "peaks_after": report.peaks_after,
+    }
+    row.update({f"failed_{name}": n for name, n in report.removed_by_filter.items()})
+    for metric, value in report.medians_before.items():
+        row[f"median_{metric}_before"] = value
+        row[f"median_{metric}_after"] = report.medians_after[metric]
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prefix = args.prefix or args.sample
+    process_name = args.process_name or "COEM_QC"
+    row = _input_row(args)
+    thresholds = _thresholds(args)
+    timings = {}
+
+    start = time.perf_counter()
+    from coem.readers import read_sample  # imported here: reading pulls in the heavier I/O stack
+
+    mdata = read_sample(row, args.sample)
+    timings["read_s"] = round(time.perf_counter() - start, 3)
+    log.info("read %s: %d cells, %d genes, %d peaks in %.2f s", args.sample, mdata.n_obs,
+             mdata.mod["rna"].n_vars if "rna" in mdata.mod else 0,
+             mdata.mod["atac"].n_vars if "atac" in mdata.mod else 0, timings["read_s"])
+
+    start = time.perf_counter()
+    filtered, report = apply_qc(mdata, thresholds, sample=args.sample)
+    timings["qc_s"] = round(time.perf_counter() - start, 3)
+    log.info("QC %s: %d of %d cells kept (%.1f%%), %d genes, %d peaks in %.2f s", args.sample,
+             report.cells_after, report.cells_before, report.pct_cells_kept, report.genes_after,
+             report.peaks_after, timings["qc_s"])
+
+    start = time.perf_counter()
+    params = {**thresholds.to_dict(), "inputs": row}
+    record_step(filtered, STEP, params, seed=args.seed, timings=timings, report=report.to_dict())
+    _write_outputs(prefix, args, filtered, report, process_name)
+    log.info("wrote %s.qc.h5mu and reports in %.2f s", prefix, time.perf_counter() - start)
+    return 0
+
+
+def _write_outputs(prefix: str, args, filtered, report: QCReport, process_name: str) -> None:
+    """Write everything; the h5mu goes to a temporary name and is renamed only at the end."""
+    final = Path(f"{prefix}.qc.h5mu")
+    partial = Path(f"{prefix}.qc.h5mu.partial")
+    try:
+        filtered.write(str(partial))
+        Path(f"{prefix}.qc_summary.json").write_text(json.dumps(report.to_dict(), indent=1))
+        write_multiqc(prefix, args.sample, report, filtered.obs, args.seed)
+        write_versions_yml("versions.yml", process_name)
+        os.replace(partial, final)
+    finally:
+        if partial.exists():
+            partial.unlink()

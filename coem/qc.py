@@ -1,0 +1,337 @@
+"""Per-cell quality control for paired multiome data (RNA + ATAC from the same cells).
+
+Numerical code only: it takes and returns MuData objects and knows nothing about files. The
+command that reads a sample, applies QC and writes the outputs is ``coem/cli/qc.py``.
+
+The five per-cell metrics (stored in ``mdata.obs`` under these names, see docs/developer.md):
+
+- ``rna_total_counts``: RNA UMIs per cell;
+- ``rna_n_genes``: genes with at least one UMI;
+- ``rna_pct_mito``: percent of the cell's UMIs on mitochondrial genes (symbol starts with
+  ``MT-``, any case);
+- ``atac_total_counts``: ATAC counts (fragments or binary peak calls) per cell;
+- ``atac_n_peaks``: peaks with at least one count.
+
+Metrics are computed on the full feature set, before rare genes/peaks are dropped, so the
+values kept in ``obs`` are exactly the values the thresholds were applied to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from numbers import Real
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from coem.errors import CoemInputError
+
+METRICS = ("rna_total_counts", "rna_n_genes", "rna_pct_mito", "atac_total_counts", "atac_n_peaks")
+MITO_PREFIX = "mt-"
+
+# Per-cell filters: (threshold name, metric, kind); kind "min" keeps metric >= threshold,
+# "max" keeps metric <= threshold. The order is the order of the report.
+CELL_FILTERS = (
+    ("min_rna_counts", "rna_total_counts", "min"),
+    ("max_rna_counts", "rna_total_counts", "max"),
+    ("min_genes", "rna_n_genes", "min"),
+    ("max_pct_mito", "rna_pct_mito", "max"),
+    ("min_atac_counts", "atac_total_counts", "min"),
+    ("max_atac_counts", "atac_total_counts", "max"),
+    ("min_peaks", "atac_n_peaks", "min"),
+)
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """QC thresholds; defaults suit 10x Multiome and let well-behaved simulated data pass.
+
+    Cells are kept when all of these hold (``None`` switches a ``max_*`` filter off):
+
+    - ``min_rna_counts=500`` <= RNA UMIs <= ``max_rna_counts=None``: fewer than ~500 UMIs is
+      usually an empty droplet or ambient RNA in 10x Multiome;
+    - ``min_genes=200`` genes detected: the usual scRNA-seq floor;
+    - ``max_pct_mito=20`` percent mitochondrial UMIs: above it cells are typically broken
+      (nuclei-based multiome has little mitochondrial RNA, so 20 is lenient);
+    - ``min_atac_counts=500`` <= ATAC counts <= ``max_atac_counts=None``;
+    - ``min_peaks=200`` peaks detected.
+
+    After cell filtering, genes seen in fewer than ``min_cells_per_gene=3`` cells and peaks
+    seen in fewer than ``min_cells_per_peak=3`` cells are dropped (they carry no signal for
+    the embedding or correlation). Fewer than ``min_cells=50`` cells left is an error: a
+    sample that small cannot yield meaningful metacells.
+    """
+
+    min_rna_counts: float = 500
+    max_rna_counts: float | None = None
+    min_genes: int = 200
+    max_pct_mito: float | None = 20
+    min_atac_counts: float = 500
+    max_atac_counts: float | None = None
+    min_peaks: int = 200
+    min_cells_per_gene: int = 3
+    min_cells_per_peak: int = 3
+    min_cells: int = 50
+
+    def __post_init__(self):
+        for name in ("min_rna_counts", "min_atac_counts"):
+            _check_number(name, getattr(self, name), allow_none=False)
+        for name in ("max_rna_counts", "max_atac_counts", "max_pct_mito"):
+            _check_number(name, getattr(self, name), allow_none=True)
+        for name in ("min_genes", "min_peaks", "min_cells_per_gene", "min_cells_per_peak", "min_cells"):
+            _check_int(name, getattr(self, name))
+        if self.min_cells < 1:
+            raise ValueError(f"min_cells must be at least 1, got {self.min_cells}")
+        if self.max_pct_mito is not None and self.max_pct_mito > 100:
+            raise ValueError(f"max_pct_mito is a percentage (0-100), got {self.max_pct_mito}")
+        for low, high in (("min_rna_counts", "max_rna_counts"), ("min_atac_counts", "max_atac_counts")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if hi is not None and hi < lo:
+                raise ValueError(f"{high}={hi} is below {low}={lo}: no cell could pass; raise {high} or set it to None")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_number(name: str, value, allow_none: bool) -> None:
+    """A threshold must be a finite, non-negative real number (or None where that means off)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        off = " or None (off)" if allow_none else ""
+        raise ValueError(f"{name} must be a number{off}, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_int(name: str, value) -> None:
+    """Cell/feature counts are whole numbers; 2.0 is accepted, 2.5 is not."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+@dataclass
+class QCReport:
+    """What QC did to one sample: sizes before/after, cells failing each filter, medians.
+
+    ``removed_by_filter`` counts the cells failing each filter on its own; a cell failing two
+    filters is counted under both, so the numbers may add up to more than the cells removed.
+    Medians are of the per-cell metrics over all input cells (before) and kept cells (after).
+    """
+
+    sample: str | None
+    thresholds: dict
+    cells_before: int
+    cells_after: int
+    genes_before: int
+    genes_after: int
+    peaks_before: int
+    peaks_after: int
+    removed_by_filter: dict = field(default_factory=dict)
+    medians_before: dict = field(default_factory=dict)
+    medians_after: dict = field(default_factory=dict)
+
+    @property
+    def pct_cells_kept(self) -> float:
+        return 100.0 * self.cells_after / self.cells_before if self.cells_before else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["pct_cells_kept"] = self.pct_cells_kept
+        return out
+
+
+def _as_csr(x) -> sp.csr_matrix:
+    """Counts as CSR without densifying (dense input, as in small tests, is converted)."""
+    return x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
+
+
+def _modality(mdata: md.MuData, name: str, sample: str | None) -> ad.AnnData:
+    """The modality with its cells in ``mdata.obs_names`` order (error when missing)."""
+    if name not in mdata.mod:
+        raise CoemInputError(
+            f"the data has no '{name}' modality (found: {sorted(mdata.mod)}); QC needs both 'rna' and 'atac'",
+            sample=sample,
+        )
+    adata = mdata.mod[name]
+    if not adata.obs_names.equals(mdata.obs_names):
+        missing = mdata.obs_names.difference(adata.obs_names)
+        if len(missing):
+            raise CoemInputError(
+                f"{len(missing)} cells (e.g. '{missing[0]}') are missing from the '{name}' modality; "
+                "both modalities must hold the same barcodes",
+                sample=sample,
+            )
+        adata = adata[mdata.obs_names]
+    return adata
+
+
+def _row_sums_and_detected(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row total and number of strictly positive entries (explicit zeros ignored)."""
+    totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    detected = np.diff((x > 0).tocsr().indptr).astype(np.int64)
+    return totals, detected
+
+
+def mito_mask(gene_names) -> np.ndarray:
+    """True for mitochondrial genes: symbol starts with ``MT-`` in any case."""
+    return np.array([str(g).lower().startswith(MITO_PREFIX) for g in gene_names], dtype=bool)
+
+
+def compute_qc_metrics(mdata: md.MuData, sample: str | None = None) -> pd.DataFrame:
+    """The five per-cell metrics as a DataFrame indexed like ``mdata.obs_names``.
+
+    Sparse throughout: only row sums and stored-entry counts are taken.
+    """
+    rna = _as_csr(_modality(mdata, "rna", sample).X)
+    atac = _as_csr(_modality(mdata, "atac", sample).X)
+    rna_total, rna_genes = _row_sums_and_detected(rna)
+    atac_total, atac_peaks = _row_sums_and_detected(atac)
+    mito = mito_mask(mdata.mod["rna"].var_names)
+    mito_total = np.asarray(rna[:, np.flatnonzero(mito)].sum(axis=1), dtype=np.float64).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct_mito = np.where(rna_total > 0, 100.0 * mito_total / rna_total, 0.0)
+    return pd.DataFrame(
+        {
+            "rna_total_counts": rna_total,
+            "rna_n_genes": rna_genes,
+            "rna_pct_mito": pct_mito,
+            "atac_total_counts": atac_total,
+            "atac_n_peaks": atac_peaks,
+        },
+        index=mdata.obs_names.copy(),
+    )
+
+
+def cell_filter_masks(metrics: pd.DataFrame, thresholds: QCThresholds) -> dict[str, np.ndarray]:
+    """For each active filter, a boolean mask of the cells that FAIL it."""
+    fails = {}
+    for name, metric, kind in CELL_FILTERS:
+        limit = getattr(thresholds, name)
+        if limit is None:
+            continue
+        values = metrics[metric].to_numpy()
+        fails[name] = values < limit if kind == "min" else values > limit
+    return fails
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _worst_filter_text(removed: dict[str, int], thresholds: QCThresholds) -> str:
+    """Name the filter that removed most cells, with the flag that loosens it."""
+    if not removed or max(removed.values()) == 0:
+        return "no per-cell filter removed cells"
+    worst = max(removed, key=removed.get)
+    return (
+        f"the filter removing most cells is {worst}={getattr(thresholds, worst)} ({removed[worst]} cells fail it; "
+        f"loosen it with {_flag(worst)})"
+    )
+
+
+def _check_enough_cells(n_left: int, n_before: int, removed: dict, thresholds: QCThresholds, sample) -> None:
+    """Stop early with a precise message when QC leaves too few cells to work with."""
+    if n_before == 0:
+        raise CoemInputError("the input holds no cells; check the input files and the barcode intersection",
+                             sample=sample)
+    worst = _worst_filter_text(removed, thresholds)
+    if n_left == 0:
+        raise CoemInputError(f"no cell passes QC (0 of {n_before} cells left); {worst}", sample=sample)
+    if n_left < thresholds.min_cells:
+        raise CoemInputError(
+            f"only {n_left} of {n_before} cells pass QC, fewer than min_cells={thresholds.min_cells}; {worst}, "
+            f"or lower {_flag('min_cells')} if so few cells are expected",
+            sample=sample,
+        )
+
+
+def _feature_mask(x: sp.csr_matrix, min_cells: int) -> np.ndarray:
+    """Features (columns) with a positive count in at least ``min_cells`` rows."""
+    positive = (x > 0).tocsr()
+    n_cells = np.bincount(positive.indices, minlength=x.shape[1])
+    return n_cells >= min_cells
+
+
+def _subset_modality(adata: ad.AnnData, cells: pd.Index, keep_features: np.ndarray) -> ad.AnnData:
+    """A new AnnData with the kept cells and features; X stays sparse (CSR)."""
+    sub = adata[cells, np.flatnonzero(keep_features)].copy()
+    sub.X = _as_csr(sub.X)
+    return sub
+
+
+def _medians(metrics: pd.DataFrame) -> dict[str, float]:
+    return {m: float(metrics[m].median()) if len(metrics) else float("nan") for m in METRICS}
+
+
+def apply_qc(
+    mdata: md.MuData, thresholds: QCThresholds | None = None, sample: str | None = None
+) -> tuple[md.MuData, QCReport]:
+    """Filter cells on the per-cell metrics, then drop rare genes and peaks.
+
+    Returns a new MuData (the input is not modified) with the metrics in ``obs`` and the
+    global obs columns (e.g. ``label``) carried over, and the QCReport. Raises
+    ``CoemInputError`` when fewer than ``thresholds.min_cells`` cells, or no gene or peak,
+    remain.
+    """
+    thresholds = QCThresholds() if thresholds is None else thresholds
+    if not isinstance(thresholds, QCThresholds):
+        raise TypeError(f"thresholds must be a QCThresholds, got {type(thresholds).__name__}")
+    metrics = compute_qc_metrics(mdata, sample=sample)
+    fails = cell_filter_masks(metrics, thresholds)
+    removed = {name: int(mask.sum()) for name, mask in fails.items()}
+    keep = np.ones(len(metrics), dtype=bool)
+    for mask in fails.values():
+        keep &= ~mask
+    _check_enough_cells(int(keep.sum()), len(metrics), removed, thresholds, sample)
+
+    cells = mdata.obs_names[keep]
+    rna, atac = _modality(mdata, "rna", sample), _modality(mdata, "atac", sample)
+    keep_genes = _feature_mask(_as_csr(rna.X)[keep], thresholds.min_cells_per_gene)
+    keep_peaks = _feature_mask(_as_csr(atac.X)[keep], thresholds.min_cells_per_peak)
+    for what, mask, param in (("gene", keep_genes, "min_cells_per_gene"), ("peak", keep_peaks, "min_cells_per_peak")):
+        if not mask.any():
+            raise CoemInputError(
+                f"no {what} is detected in at least {param}={getattr(thresholds, param)} of the "
+                f"{len(cells)} cells kept; lower {_flag(param)} or check the input counts",
+                sample=sample,
+            )
+
+    filtered = md.MuData(
+        {"rna": _subset_modality(rna, cells, keep_genes), "atac": _subset_modality(atac, cells, keep_peaks)}
+    )
+    _carry_obs(mdata, filtered, cells)
+    kept_metrics = metrics.loc[cells]
+    for metric in METRICS:
+        filtered.obs[metric] = kept_metrics[metric].to_numpy()
+    filtered.uns.update(dict(mdata.uns))
+
+    report = QCReport(
+        sample=sample,
+        thresholds=thresholds.to_dict(),
+        cells_before=int(mdata.n_obs),
+        cells_after=int(len(cells)),
+        genes_before=int(rna.n_vars),
+        genes_after=int(keep_genes.sum()),
+        peaks_before=int(atac.n_vars),
+        peaks_after=int(keep_peaks.sum()),
+        removed_by_filter=removed,
+        medians_before=_medians(metrics),
+        medians_after=_medians(kept_metrics),
+    )
+    return filtered, report
+
+
+def _carry_obs(source: md.MuData, target: md.MuData, cells: pd.Index) -> None:
+    """Copy the global obs columns (not the ``mod:column`` copies MuData pulls in)."""
+    prefixes = tuple(f"{m}:" for m in source.mod)
+    for column in source.obs.columns:
+        if str(column).startswith(prefixes) or column in METRICS:
+            continue
+        target.obs[column] = source.obs[column].reindex(cells)  # aligns on barcodes, keeps dtype

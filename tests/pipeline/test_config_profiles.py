@@ -1,0 +1,68 @@
+"""`nextflow config -profile <p>` parses for every profile and sets what the profile promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import REPO, run_nextflow
+
+pytestmark = pytest.mark.pipeline
+
+
+def _config(tmp_path, profile: str, **params: str) -> str:
+    """The flat config for a profile; `params` are set through an extra config file (-c)."""
+    extra = tmp_path / "params.config"
+    extra.write_text("params {\n" + "".join(f"    {k} = '{v}'\n" for k, v in params.items()) + "}\n")
+    result = run_nextflow(["-c", str(extra), "config", str(REPO), "-profile", profile, "-flat"], tmp_path)
+    assert result.returncode == 0, result.output[-3000:]
+    return result.output
+
+
+def test_test_profile_caps_resources(tmp_path):
+    out = _config(tmp_path, "test")
+    assert "params.input = " in out and "samplesheet_test.csv" in out
+    assert "params.max_cpus = 2" in out
+
+
+def test_docker_profile(tmp_path):
+    out = _config(tmp_path, "docker")
+    assert "docker.enabled = true" in out
+    assert "singularity.enabled = false" in out
+
+
+@pytest.mark.parametrize("engine", ["singularity", "apptainer"])
+def test_singularity_like_profiles(tmp_path, engine):
+    out = _config(tmp_path, engine)
+    assert f"{engine}.enabled = true" in out
+    assert f"{engine}.autoMounts = true" in out
+    assert "docker.enabled = false" in out
+
+
+def test_gpu_profile_only_on_gpu_label(tmp_path):
+    out = _config(tmp_path, "gpu,docker")
+    assert "params.use_gpu = true" in out
+    assert "process.'withLabel:process_gpu'.accelerator = 1" in out
+    assert "process.'withLabel:process_gpu'.containerOptions" in out
+    assert "process.accelerator" not in out  # no GPU for the other steps
+
+
+def test_awsbatch_profile(tmp_path):
+    out = _config(tmp_path, "awsbatch,gpu", awsqueue="cpuq", awsqueue_gpu="gpuq")
+    assert "process.executor = 'awsbatch'" in out
+    assert "aws.region = 'eu-west-1'" in out
+    assert "process.'withLabel:process_gpu'.queue" in out
+
+
+def test_googlebatch_profile(tmp_path):
+    out = _config(tmp_path, "googlebatch,gpu", gcp_project="my-project")
+    assert "process.executor = 'google-batch'" in out
+    assert "google.project = 'my-project'" in out
+    assert "google.batch.spot = true" in out
+    assert "google.batch.installGpuDrivers = true" in out
+    assert "process.'withLabel:process_gpu'.accelerator" in out
+
+
+def test_base_config_retries_with_more_resources(tmp_path):
+    out = _config(tmp_path, "test")
+    assert "process.maxRetries = 2" in out
+    assert "process.resourceLimits" in out

@@ -1,0 +1,66 @@
+"""Containers: every process names one, and the Dockerfiles pin what pyproject.toml pins."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = [REPO / "containers" / "Dockerfile", REPO / "containers" / "Dockerfile.cuda"]
+
+
+def _pyproject_pins() -> dict[str, str]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {}
+    for dep in deps:
+        name, _, version = dep.partition("==")
+        assert version, f"dependency {dep!r} in pyproject.toml is not pinned with =="
+        pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def _modules() -> list[Path]:
+    return sorted((REPO / "modules" / "local").glob("*/main.nf"))
+
+
+def test_every_dependency_is_pinned():
+    assert len(_pyproject_pins()) >= 8
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_pins_agree_with_pyproject(dockerfile):
+    text = dockerfile.read_text()
+    pins = _pyproject_pins()
+    found = re.findall(r'"?([A-Za-z0-9_.\-]+)==([0-9][^"\s]*)"?', text)
+    assert found, f"{dockerfile.name} pins nothing"
+    for name, version in found:
+        assert pins.get(name.lower()) == version, f"{dockerfile.name}: {name}=={version} but pyproject pins {pins.get(name.lower())}"
+    assert re.search(r"^FROM \S+:\d[\w.\-]*", text, re.M), "base image must have a fixed version tag"
+    assert ":latest" not in text
+    assert "pip install ." in text, "the image must install this package (and with it pyproject's pins)"
+
+
+def test_every_module_names_a_container_label_tag_and_stub():
+    modules = _modules()
+    assert len(modules) >= 8
+    for module in modules:
+        text = module.read_text()
+        assert re.search(r"^\s+container\s+\S", text, re.M), f"{module} names no container"
+        assert len(re.findall(r"^\s+label\s+'process_", text, re.M)) == 1, f"{module}: exactly one resource label"
+        assert "stub:" in text, f"{module} has no stub: block"
+        if "MULTIQC" not in text and "SAMPLESHEET_CHECK" not in text:
+            assert 'tag "${meta.id}"' in text, f"{module} must be tagged with the sample id"
+
+
+def test_container_defaults_are_pinned_tags():
+    config = (REPO / "nextflow.config").read_text()
+    for key in ("container_cpu", "container_gpu"):
+        match = re.search(rf"{key}\s*=\s*'([^']+)'", config)
+        assert match, key
+        image = match.group(1)
+        assert re.search(r":\d+\.\d+\.\d+$", image), f"{key} must be a fixed version tag, got {image}"
+        version = image.rsplit(":", 1)[1]
+        assert f'version         = \'{version}\'' in config, "image tag must equal manifest.version"
