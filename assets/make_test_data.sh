@@ -7,5 +7,6 @@ out=assets/test_data
 rm -rf "$out" && mkdir -p "$out"
 common=(--n-cells 600 --n-genes 400 --n-peaks 3000 --n-types 4 --trajectory-fraction 0.3 --outdir "$out")
 python bin/coem_simulate.py "${common[@]}" --seed 1 --format 10x  --prefix sim1
-python bin/coem_simulate.py "${common[@]}" --seed 2 --format h5mu --prefix sim2
+python bin/coem_simulate.py "${common[@]}" --seed 2 --format h5mu --compression gzip --prefix sim2
+rm -f "$out/versions.yml"
 ls -la "$out"

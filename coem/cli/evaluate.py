@@ -1,0 +1,237 @@
+"""``coem_evaluate.py``: SEACells' metacell metrics (compactness, separation, purity) for one sample.
+
+Input: a per-cell MuData with the metacell id of every cell in ``obs['metacell']`` and raw
+counts in ``rna`` / ``atac`` (either may be missing; at least one is needed). Each modality is
+embedded as SEACells' evaluation does (RNA: PCA of log-normalised highly variable genes; ATAC:
+LSI of TF-IDF), diffusion components are computed once per modality (Palantir, as in
+``coem.metrics``) and every metric is computed on them.
+
+Outputs (``P`` = ``--prefix``, default the sample id):
+
+- ``P.evaluation.tsv``: one row per metacell (size, compactness/separation per modality,
+  nearest metacell, label and purity when labels are present);
+- ``P.evaluation_summary.json``: mean +- sd of every metric, sizes, and the step record
+  (parameters, seed, versions, timings);
+- ``P.diffusion.npz``: ``obs_names``, ``<mod>_components``, ``<mod>_eigenvalues`` and the
+  parameters, so baselines (e.g. SEACells metacells) are scored on the very same components;
+- MultiQC: ``P_evaluation_mqc.json`` (table ``coem_evaluation``) and, with labels,
+  ``P_purity_mqc.json`` (boxplot ``coem_purity`` of per-metacell purity);
+- ``versions.yml``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from coem import metrics, multiqc
+from coem._logging import get_logger
+from coem.cli._common import base_parser
+from coem.errors import CoemInputError
+from coem.provenance import step_record, write_versions_yml
+
+STEP = "evaluate"
+MODALITIES = ("rna", "atac")
+log = get_logger("coem.evaluate")
+
+
+def build_parser():
+    parser = base_parser("Metacell quality (SEACells' compactness, separation and purity) of one sample.")
+    parser.add_argument("--input", required=True, help="per-cell MuData (.h5mu) with obs['metacell']")
+    parser.add_argument("--metacell-key", default="metacell", help="obs column holding metacell ids")
+    parser.add_argument("--label-key", default="label",
+                        help="obs column of cell labels for purity (skipped when absent or all empty)")
+    parser.add_argument("--n-hvg", type=int, default=2000, help="RNA highly variable genes (default 2000)")
+    parser.add_argument("--n-pcs", type=int, default=50, help="RNA principal components (default 50, as SEACells)")
+    parser.add_argument("--n-lsi", type=int, default=50, help="ATAC LSI components (default 50, as SEACells)")
+    parser.add_argument("--knn", type=int, default=30, help="diffusion-map neighbours (Palantir default 30)")
+    parser.add_argument("--n-components", type=int, default=10, help="diffusion eigenvectors (default 10)")
+    parser.add_argument("--n-eigs", type=int, default=10,
+                        help="multiscale space keeps eigenvectors 1..n_eigs-1 (SEACells: 10)")
+    return parser
+
+
+# --------------------------------------------------------------------------- input
+
+
+def read_input(path: str, sample: str):
+    """Read the MuData; a missing or unreadable file is the user's to fix."""
+    if not Path(path).is_file():
+        raise CoemInputError("input file not found; pass the metacells step's .h5mu with --input",
+                             sample=sample, file=path)
+    import mudata
+
+    try:
+        return mudata.read_h5mu(path)
+    except Exception as err:  # h5py/anndata raise many types for a bad file
+        raise CoemInputError(f"cannot read as MuData (.h5mu): {err}", sample=sample, file=path) from err
+
+
+def metacell_ids(mdata, key: str, sample: str, path: str) -> np.ndarray:
+    """Every cell's metacell id (as str); missing column or unassigned cells are errors."""
+    if key not in mdata.obs.columns:
+        raise CoemInputError(
+            f"obs has no '{key}' column (metacell id per cell); run the metacells step first or pass "
+            f"--metacell-key (obs columns: {', '.join(map(str, mdata.obs.columns)) or 'none'})",
+            sample=sample, file=path)
+    ids = mdata.obs[key]
+    if ids.isna().any():
+        raise CoemInputError(f"{int(ids.isna().sum())} cells have no metacell in obs['{key}']; every cell "
+                             "must be assigned", sample=sample, file=path)
+    return ids.astype(str).to_numpy()
+
+
+def cell_labels(mdata, key: str) -> np.ndarray | None:
+    """Cell labels for purity, or None when the column is absent or empty."""
+    if key not in mdata.obs.columns or mdata.obs[key].isna().all():
+        return None
+    labels = mdata.obs[key]
+    return np.where(labels.isna(), None, labels.astype(str)).astype(object)
+
+
+def modality_counts(mdata, mod: str):
+    """Raw counts of one modality with cells in ``mdata.obs_names`` order."""
+    adata = mdata.mod[mod]
+    if not adata.obs_names.equals(mdata.obs_names):
+        adata = adata[mdata.obs_names]
+    return adata.X
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def embed_modality(mod: str, counts, args) -> tuple[np.ndarray, dict]:
+    """SEACells' evaluation embedding: RNA PCA or ATAC LSI (``coem.embed``)."""
+    from coem import embed
+
+    if mod == "rna":
+        return embed.rna_pca(counts, n_hvg=args.n_hvg, n_pcs=args.n_pcs)
+    return embed.atac_lsi(counts, n_lsi=args.n_lsi, seed=args.seed)
+
+
+def diffusion_per_modality(mdata, args, timings: dict) -> tuple[dict, dict, dict]:
+    """Embedding, then diffusion maps and multiscale components, once per modality present."""
+    components, eigenvalues, embed_info = {}, {}, {}
+    for mod in (m for m in MODALITIES if m in mdata.mod):
+        start = time.perf_counter()
+        emb, info = embed_modality(mod, modality_counts(mdata, mod), args)
+        embed_info[mod] = {k: v for k, v in info.items() if k != "hvg_index"}
+        timings[f"embed_{mod}_s"] = round(time.perf_counter() - start, 3)
+        log.info("%s: %s embedding %s in %.2f s", args.sample, mod, emb.shape, timings[f"embed_{mod}_s"])
+        start = time.perf_counter()
+        vals, vecs = metrics.diffusion_maps(emb, n_components=args.n_components, knn=args.knn, seed=args.seed)
+        components[mod] = metrics.multiscale_space(vals, vecs, n_eigs=args.n_eigs)
+        eigenvalues[mod] = vals
+        timings[f"diffusion_{mod}_s"] = round(time.perf_counter() - start, 3)
+        log.info("%s: %s diffusion components %s in %.2f s", args.sample, mod, components[mod].shape,
+                 timings[f"diffusion_{mod}_s"])
+    return components, eigenvalues, embed_info
+
+
+# --------------------------------------------------------------------------- output
+
+
+def multiqc_row(summary: dict) -> dict:
+    """The sample's row of the ``coem_evaluation`` table (means only; None where undefined)."""
+    row = {"n_metacells": summary["sizes"]["n_metacells"]}
+    for mod in MODALITIES:
+        for metric in ("compactness", "separation"):
+            key = f"{metric}_{mod}"
+            if key in summary:
+                row[f"{key}_mean"] = summary[key]["mean"]
+    if "purity" in summary:
+        row["purity_mean"] = summary["purity"]["mean"]
+    return row
+
+
+TABLE_HEADERS = {
+    "n_metacells": {"title": "Metacells", "description": "number of metacells", "format": "{:,.0f}"},
+    "compactness_rna_mean": {"title": "Compactness RNA", "description": "mean within-metacell variance of RNA "
+                             "diffusion components (lower is better)", "format": "{:,.4g}"},
+    "compactness_atac_mean": {"title": "Compactness ATAC", "description": "mean within-metacell variance of "
+                              "ATAC diffusion components (lower is better)", "format": "{:,.4g}"},
+    "separation_rna_mean": {"title": "Separation RNA", "description": "mean distance to the nearest other "
+                            "metacell in RNA diffusion components (higher is better)", "format": "{:,.4g}"},
+    "separation_atac_mean": {"title": "Separation ATAC", "description": "mean distance to the nearest other "
+                             "metacell in ATAC diffusion components (higher is better)", "format": "{:,.4g}"},
+    "purity_mean": {"title": "Purity", "description": "mean fraction of a metacell's cells carrying its "
+                    "majority label", "min": 0, "max": 1, "format": "{:,.3f}"},
+}
+
+
+def write_multiqc(prefix: str, sample: str, summary: dict, table: pd.DataFrame) -> list[Path]:
+    """Table ``coem_evaluation`` always; boxplot ``coem_purity`` when labels gave purities."""
+    row = multiqc_row(summary)
+    paths = [multiqc.table(
+        f"{prefix}_evaluation_mqc.json", "coem_evaluation", "Metacell evaluation",
+        "SEACells' metrics on diffusion components computed per modality (Palantir diffusion maps of RNA "
+        "PCA / ATAC LSI): compactness, separation (means over metacells), purity and the metacell count.",
+        {sample: row}, headers={k: v for k, v in TABLE_HEADERS.items() if k in row},
+    )]
+    if "purity" in table.columns:
+        values = table["purity"].dropna().tolist()
+        paths.append(multiqc.boxplot(
+            f"{prefix}_purity_mqc.json", "coem_purity", "Metacell purity",
+            "Per-metacell purity: fraction of the metacell's labelled cells that carry its most frequent label.",
+            {sample: values},
+        ))
+    return paths
+
+
+def write_outputs(prefix: str, args, table, summary, components, eigenvalues, obs_names, process_name) -> None:
+    table.to_csv(f"{prefix}.evaluation.tsv", sep="\t", na_rep="NA")
+    Path(f"{prefix}.evaluation_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=False))
+    arrays = {"obs_names": np.asarray(obs_names, dtype=str)}
+    for mod in components:
+        arrays[f"{mod}_components"] = components[mod]
+        arrays[f"{mod}_eigenvalues"] = eigenvalues[mod]
+    arrays.update(knn=args.knn, n_components=args.n_components, n_eigs=args.n_eigs, seed=args.seed)
+    np.savez_compressed(f"{prefix}.diffusion.npz", **arrays)
+    write_multiqc(prefix, args.sample, summary, table)
+    write_versions_yml("versions.yml", process_name)
+
+
+def _params(args) -> dict:
+    keys = ("input", "metacell_key", "label_key", "n_hvg", "n_pcs", "n_lsi", "knn", "n_components", "n_eigs")
+    return {key: getattr(args, key) for key in keys}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prefix = args.prefix or args.sample
+    process_name = args.process_name or "COEM_EVALUATE"
+    timings: dict = {}
+
+    start = time.perf_counter()
+    mdata = read_input(args.input, args.sample)
+    ids = metacell_ids(mdata, args.metacell_key, args.sample, args.input)
+    labels = cell_labels(mdata, args.label_key)
+    if not any(m in mdata.mod for m in MODALITIES):
+        raise CoemInputError(f"no 'rna' or 'atac' modality (found: {', '.join(mdata.mod) or 'none'})",
+                             sample=args.sample, file=args.input)
+    timings["read_s"] = round(time.perf_counter() - start, 3)
+    log.info("read %s: %d cells, %d metacells, labels %s in %.2f s", args.sample, mdata.n_obs,
+             len(set(ids)), "present" if labels is not None else "absent", timings["read_s"])
+
+    try:
+        components, eigenvalues, embed_info = diffusion_per_modality(mdata, args, timings)
+    except CoemInputError as err:
+        raise err.with_context(sample=args.sample, file=args.input) from err
+
+    start = time.perf_counter()
+    table, summary = metrics.evaluate_metacells(ids, components, labels)
+    timings["metrics_s"] = round(time.perf_counter() - start, 3)
+    log.info("%s: metrics of %d metacells in %.2f s", args.sample, len(table), timings["metrics_s"])
+
+    summary = {"sample": args.sample, **summary, "embedding": embed_info,
+               "record": step_record(STEP, _params(args), seed=args.seed, timings=timings)}
+    start = time.perf_counter()
+    write_outputs(prefix, args, table, summary, components, eigenvalues, mdata.obs_names, process_name)
+    log.info("wrote %s.evaluation.tsv, summary, diffusion components and reports in %.2f s", prefix,
+             time.perf_counter() - start)
+    return 0
