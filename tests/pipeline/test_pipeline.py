@@ -46,8 +46,11 @@ def test_report_has_our_sections_with_one_row_per_sample(test_profile_run):
     text = json.dumps(data)
     missing = {sid for sid in EXPECTED_SECTIONS if sid not in text}
     assert not missing, f"sections missing from multiqc_data.json: {missing}; found {sorted(section_ids)[:30]}"
-    qc_rows = data["report_saved_raw_data"]["multiqc_coem_qc_summary"]
-    assert set(qc_rows) == set(SAMPLES)
+    saved = data["report_saved_raw_data"]
+    assert set(saved["multiqc_coem_qc_summary_plot"]) == set(SAMPLES)  # one QC row per sample
+    assert set(saved["multiqc_coem_metacells_summary_plot"]) == set(SAMPLES)
+    assert set(saved["multiqc_coem_peak2gene_summary_plot"]) == set(SAMPLES)
+    assert set(saved["multiqc_general_stats"]) == set(SAMPLES)
     assert "coem-params-summary" in text and "software_versions" in text
 
 

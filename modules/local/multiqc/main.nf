@@ -14,7 +14,9 @@ process MULTIQC {
     script:
     def args = task.ext.args ?: ''
     """
-    multiqc --force --strict --config ${multiqc_config} --filename multiqc_report.html ${args} .
+    # Fixed names whatever the report title: multiqc_report.html and multiqc_data/.
+    multiqc --force --strict --config ${multiqc_config} --filename multiqc_report.html \
+        --cl-config 'data_dir_name: multiqc_data' ${args} .
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

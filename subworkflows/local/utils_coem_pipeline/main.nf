@@ -82,7 +82,7 @@ def softwareVersionsToYAML(ch_versions) {
         .map { maps ->
             def merged = new TreeMap()
             maps.each { m -> m.each { proc, tools -> merged[proc.tokenize(':')[-1]] = tools } }
-            merged['Workflow'] = [Nextflow: workflow.nextflow.version, 'coem-nf': workflow.manifest.version]
+            merged['Workflow'] = [Nextflow: workflow.nextflow.version.toString(), 'coem-nf': workflow.manifest.version.toString()]
             new Yaml().dump(merged)
         }
 }

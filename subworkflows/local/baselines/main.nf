@@ -1,0 +1,20 @@
+/*
+ * Optional SEACells baselines (params.run_baselines): SeaC-RNA, SeaC-ATAC and archetypal analysis
+ * on COEM's z, scored next to COEM's metacells (bin/coem_baselines.py, coem/baselines.py).
+ */
+
+include { BASELINES } from '../../../modules/local/baselines'
+
+workflow BASELINES_COMPARISON {
+    take:
+    metacells_h5mu // [ meta, P.metacells.h5mu ]: per-cell MuData with obsm X_embedding and obs metacell
+
+    main:
+    BASELINES(metacells_h5mu)
+
+    emit:
+    comparison = BASELINES.out.comparison // [ meta, P.method_comparison.tsv ]
+    runtime    = BASELINES.out.runtime    // [ meta, P.runtime.tsv ]
+    mqc        = BASELINES.out.mqc        // *_mqc.json for MultiQC
+    versions   = BASELINES.out.versions
+}
