@@ -2,6 +2,7 @@
  * The COEM DAG, per sample in parallel:
  *   QC -> EMBED (pca_lsi) or TRAIN_VAE (vae) -> METACELLS -> AGGREGATE -> PEAK2GENE
  *                                                        \-> EVALUATE
+ *                                                        \-> BASELINES (--run_baselines: SEACells)
  * then one MULTIQC report over all samples.
  */
 
@@ -14,6 +15,7 @@ include { AGGREGATE    } from '../modules/local/aggregate'
 include { PEAK2GENE    } from '../modules/local/peak2gene'
 include { EVALUATE     } from '../modules/local/evaluate'
 include { MULTIQC      } from '../modules/local/multiqc'
+include { BASELINES_COMPARISON } from '../subworkflows/local/baselines'
 include { softwareVersionsToYAML; paramsSummaryMultiqc } from '../subworkflows/local/utils_coem_pipeline'
 
 workflow COEM {
@@ -60,6 +62,13 @@ workflow COEM {
         EVALUATE(METACELLS.out.h5mu)
         ch_versions = ch_versions.mix(EVALUATE.out.versions)
         ch_mqc      = ch_mqc.mix(EVALUATE.out.mqc)
+    }
+
+    // SEACells baselines on the same cells, scored the same way (Table-2-style comparison).
+    if (params.run_baselines) {
+        BASELINES_COMPARISON(METACELLS.out.h5mu)
+        ch_versions = ch_versions.mix(BASELINES_COMPARISON.out.versions)
+        ch_mqc      = ch_mqc.mix(BASELINES_COMPARISON.out.mqc)
     }
 
     // Report: every step's custom content, software versions and the parameter summary.

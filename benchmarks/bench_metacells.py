@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Time and peak memory of the metacell step (kNN + kernel + spectral) on a simulated latent z.
+
+Each size runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own;
+tracemalloc's peak (numpy/scipy/sklearn allocations made through Python) is reported beside
+it. z comes from ``coem.simulate.simulate_latent`` (Gaussian states, as a VAE latent), or
+Gaussian blobs when the simulator is absent. The default ``--spread 2`` makes states overlap
+so the kNN graph is connected and the spectral path does the work; at spread 4 the states
+are separate graph components, each clustered on its own, which is much cheaper. Metacell purity against the simulated states is
+printed as a sanity check. Results: a table on stdout and ``benchmarks/out/bench_metacells.json``.
+
+    python benchmarks/bench_metacells.py                 # 10k and 100k cells
+    python benchmarks/bench_metacells.py --cells 2000 20000 --dim 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+
+
+def latent(n_cells: int, dim: int, n_states: int, seed: int, spread: float):
+    """Simulated z and state labels (simulate_latent when present, else Gaussian blobs)."""
+    import numpy as np
+
+    try:
+        from coem.simulate import simulate_latent
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(scale=spread, size=(n_states, dim))
+        states = rng.integers(0, n_states, n_cells)
+        return (centres[states] + rng.normal(size=(n_cells, dim))).astype(np.float32), states.astype(str), "blobs"
+    z, states = simulate_latent(n_cells, dim=dim, n_states=n_states, seed=seed, spread=spread)
+    return z, np.asarray(states).astype(str), "simulate_latent"
+
+
+def run_one(n_cells: int, dim: int, n_states: int, spread: float, cells_per_metacell: float, k: int,
+            seed: int) -> dict:
+    """One measurement, in this process (called in a fresh child by ``main``)."""
+    import tracemalloc
+
+    import numpy as np
+    import pandas as pd
+
+    from coem.aggregate import metacell_table
+    from coem.metacells import SpectralMetacells
+
+    z, states, source = latent(n_cells, dim, n_states, seed, spread)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    wall, cpu = time.perf_counter(), time.process_time()
+    model = SpectralMetacells(cells_per_metacell=cells_per_metacell, k=k, seed=seed).fit(z)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    table = metacell_table(pd.Series(model.names_, name="metacell"), pd.Series(states))
+    return {
+        "n_cells": n_cells, "dim": dim, "spread": spread, "latent": source, "k": k, "seed": seed,
+        "strategy": model.strategy_, "n_parts": getattr(model, "n_parts_", 1),
+        "n_metacells": model.summary_["n_metacells"], "min_size": model.summary_["min_size"],
+        "median_size": model.summary_["median_size"], "max_size": model.summary_["max_size"],
+        "singletons": model.summary_["n_singletons"],
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+        "tracemalloc_peak_mb": round(traced_peak / 2**20, 1),
+        "maxrss_mb": round(rss_after / 1024, 1), "maxrss_before_fit_mb": round(rss_before / 1024, 1),
+        "purity_mean": round(float(np.mean(table["label_fraction"])), 4),
+    }
+
+
+def _child(args) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(args.n), "--dim", str(args.dim), "--states", str(args.states),
+           "--spread", str(args.spread),
+           "--cells-per-metacell", str(args.cells_per_metacell), "--k", str(args.k), "--seed", str(args.seed)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark at {args.n} cells failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COLUMNS = ("n_cells", "spread", "strategy", "n_parts", "n_metacells", "min_size", "median_size", "max_size", "singletons",
+           "wall_s", "cpu_s", "tracemalloc_peak_mb", "maxrss_mb", "purity_mean")
+
+
+def print_table(rows: list[dict]) -> None:
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
+    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths)))
+    for r in rows:
+        print("  ".join(str(r[c]).rjust(w) for c, w in zip(COLUMNS, widths)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dim", type=int, default=10, help="latent dimension (scMVP default 10)")
+    parser.add_argument("--states", type=int, default=10)
+    parser.add_argument("--spread", type=float, default=2.0, help="distance between states in within-state sd")
+    parser.add_argument("--cells-per-metacell", type=float, default=75)
+    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(run_one(args.child, args.dim, args.states, args.spread, args.cells_per_metacell, args.k,
+                                 args.seed)))
+        return 0
+    rows = []
+    for n in args.cells:
+        args.n = n
+        rows.append(_child(args))
+        print(f"done {n} cells: {rows[-1]['wall_s']} s", file=sys.stderr, flush=True)
+    print_table(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average_1m": os.getloadavg()[0]}
+    path = OUT / "bench_metacells.json"
+    path.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

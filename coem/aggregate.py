@@ -1,0 +1,106 @@
+"""Metacell aggregation: raw counts summed per metacell for every modality.
+
+The sum is one sparse product ``S @ X`` with S the metacells x cells indicator matrix, so
+nothing cells x features is ever dense. Labels, when present, give each metacell its
+majority label and the fraction of its labelled cells that carry it (purity).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from coem.errors import CoemInputError
+
+
+def indicator_matrix(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """Sparse groups x cells matrix with a 1 where cell j belongs to group codes[j]."""
+    codes = np.asarray(codes, dtype=np.int64)
+    n = codes.size
+    return sp.csr_matrix((np.ones(n, dtype=np.float64), (codes, np.arange(n))), shape=(n_groups, n))
+
+
+def _codes(metacells: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer code per cell and the sorted metacell ids; missing assignments are an error."""
+    missing = metacells.isna()
+    if missing.any():
+        raise CoemInputError(
+            f"{int(missing.sum())} cells have no metacell assignment in obs['{metacells.name}']; "
+            "run the metacells step on this file first"
+        )
+    cat = pd.Categorical(metacells.astype(str))
+    ids = pd.Index(cat.categories, name=metacells.name)
+    return np.asarray(cat.codes, dtype=np.int64), ids
+
+
+def has_labels(labels: pd.Series | None) -> bool:
+    """True when a label column exists and carries at least one non-missing value."""
+    return labels is not None and bool(labels.notna().any())
+
+
+def majority_labels(codes: np.ndarray, ids: pd.Index, labels: pd.Series) -> pd.DataFrame:
+    """Most frequent label per metacell (ties: first in sorted label order) and its fraction.
+
+    The fraction is over the metacell's labelled cells; metacells with no labelled cell get
+    NaN for both.
+    """
+    lab = pd.Series(np.asarray(labels, dtype=object), dtype=object)
+    known = lab.notna().to_numpy()
+    table = pd.crosstab(pd.Series(codes[known], name="mc"), pd.Series(lab[known].astype(str).to_numpy(), name="lab"))
+    table = table.reindex(index=np.arange(len(ids)), fill_value=0)
+    table = table.reindex(columns=sorted(table.columns))
+    totals = table.sum(axis=1).to_numpy()
+    best = table.to_numpy().argmax(axis=1) if table.shape[1] else np.zeros(len(ids), dtype=int)
+    top = table.to_numpy()[np.arange(len(ids)), best] if table.shape[1] else np.zeros(len(ids))
+    names = np.asarray(table.columns, dtype=object)[best] if table.shape[1] else np.full(len(ids), np.nan)
+    out = pd.DataFrame(index=ids)
+    out["label"] = np.where(totals > 0, names, np.nan).astype(object)
+    out["label_fraction"] = np.divide(top, totals, out=np.full(len(ids), np.nan), where=totals > 0)
+    return out
+
+
+def metacell_table(metacells: pd.Series, labels: pd.Series | None = None) -> pd.DataFrame:
+    """One row per metacell (sorted id): ``size`` and, with labels, ``label``/``label_fraction``."""
+    codes, ids = _codes(metacells)
+    out = pd.DataFrame({"size": np.bincount(codes, minlength=len(ids)).astype(np.int64)}, index=ids)
+    if has_labels(labels):
+        out = out.join(majority_labels(codes, ids, labels))
+    return out
+
+
+def sum_counts(X, codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """Sum the rows of X per group: (S @ X) as float32 CSR."""
+    summed = indicator_matrix(codes, n_groups) @ sp.csr_matrix(X)
+    return sp.csr_matrix(summed, dtype=np.float32)
+
+
+def aggregate_metacells(mdata, key: str = "metacell", label_key: str = "label") -> md.MuData:
+    """A MuData with one observation per metacell and summed raw counts per modality.
+
+    obs: ``size`` and (when ``mdata.obs[label_key]`` has values) ``label`` and
+    ``label_fraction``; var of each modality copied unchanged; ``uns`` copied.
+    """
+    if key not in mdata.obs:
+        raise CoemInputError(f"obs['{key}'] is missing; run the metacells step on this file first")
+    metacells = mdata.obs[key]
+    labels = mdata.obs[label_key] if label_key in mdata.obs else None
+    table = metacell_table(metacells, labels)
+    codes, ids = _codes(metacells)
+    code_of_cell = pd.Series(codes, index=mdata.obs_names)
+    mods = {}
+    for name, mod in mdata.mod.items():
+        mod_codes = code_of_cell.reindex(mod.obs_names)
+        if mod_codes.isna().any():
+            raise CoemInputError(f"modality '{name}' has cells that are not in the MuData obs")
+        X = sum_counts(mod.X, mod_codes.to_numpy(dtype=np.int64), len(ids))
+        mods[name] = ad.AnnData(X=X, obs=pd.DataFrame(index=ids.astype(str)), var=mod.var.copy())
+    out = md.MuData(mods)
+    for col in table.columns:
+        out.obs[col] = table[col].to_numpy()
+    out.uns.update(copy.deepcopy(dict(mdata.uns)))
+    return out

@@ -1,0 +1,131 @@
+"""``coem_metacells.py``: spectral metacells on the embedding of one sample.
+
+Input: ``P.embed.h5mu`` (``obsm['X_embedding']`` from the embed or VAE step). Outputs
+(``P`` = ``--prefix``):
+
+- ``P.metacells.h5mu``: the input with ``obs['metacell']`` (``MC00001`` ...) and the step
+  record under ``uns['coem']['metacells']``;
+- ``P.metacell_sizes.tsv``: metacell, size (and label, label_fraction when labels exist);
+- MultiQC: ``P_metacells_summary_mqc.json`` (table ``coem_metacells_summary``: cells,
+  metacells, min/median/max size, singletons, seconds) and ``P_metacell_sizes_mqc.json``
+  (boxplot ``coem_metacell_sizes`` of metacell sizes);
+- ``versions.yml``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from coem import multiqc
+from coem._logging import get_logger
+from coem.cli._common import base_parser
+from coem.cli.embed import read_mudata, write_mudata_atomically
+from coem.errors import CoemInputError
+from coem.provenance import record_step, write_versions_yml
+
+STEP = "metacells"
+log = get_logger("coem.metacells")
+
+SUMMARY_HEADERS = {
+    "cells": {"title": "Cells", "format": "{:,.0f}"},
+    "metacells": {"title": "Metacells", "format": "{:,.0f}"},
+    "min_size": {"title": "Min size", "description": "cells in the smallest metacell", "format": "{:,.0f}"},
+    "median_size": {"title": "Median size", "description": "median cells per metacell", "format": "{:,.1f}"},
+    "max_size": {"title": "Max size", "description": "cells in the largest metacell", "format": "{:,.0f}"},
+    "singletons": {"title": "Singletons", "description": "metacells of a single cell", "format": "{:,.0f}"},
+    "seconds": {"title": "Seconds", "description": "time of the metacell computation", "format": "{:,.1f}"},
+}
+
+
+def build_parser():
+    parser = base_parser("Spectral metacells (exactly the requested number) on a sample's embedding.")
+    parser.add_argument("--input", required=True, help="embedded MuData (.h5mu) with obsm['X_embedding']")
+    count = parser.add_mutually_exclusive_group()
+    count.add_argument("--cells-per-metacell", type=float, default=75,
+                       help="metacells = round(cells / this) (default 75, SEACells' rule of thumb)")
+    count.add_argument("--n-metacells", type=int, default=None, help="exact number of metacells")
+    parser.add_argument("--k", type=int, default=15, help="nearest neighbours of the kernel graph (default 15)")
+    parser.add_argument("--embedding-key", default="X_embedding", help="obsm key of the embedding")
+    parser.add_argument("--label-key", default="label", help="obs column of cell labels (for the sizes table)")
+    return parser
+
+
+def _embedding(mdata, key: str, sample: str, path: str) -> np.ndarray:
+    if key not in mdata.obsm:
+        keys = ", ".join(mdata.obsm.keys()) or "none"
+        raise CoemInputError(f"obsm has no '{key}' (the embedding); run the embed step first "
+                             f"(obsm keys: {keys})", sample=sample, file=path)
+    return np.asarray(mdata.obsm[key])
+
+
+def _check_args(args) -> None:
+    if args.k < 2:
+        raise CoemInputError(f"--k must be at least 2, got {args.k}", sample=args.sample)
+    if args.n_metacells is None and args.cells_per_metacell <= 0:
+        raise CoemInputError(f"--cells-per-metacell must be positive, got {args.cells_per_metacell}",
+                             sample=args.sample)
+
+
+def summary_row(summary: dict, seconds: float) -> dict:
+    """The sample's row of the ``coem_metacells_summary`` table."""
+    return {
+        "cells": summary["n_cells"], "metacells": summary["n_metacells"], "min_size": summary["min_size"],
+        "median_size": summary["median_size"], "max_size": summary["max_size"],
+        "singletons": summary["n_singletons"], "seconds": round(seconds, 2),
+    }
+
+
+def write_multiqc(prefix: str, sample: str, row: dict, sizes) -> list[Path]:
+    return [
+        multiqc.table(f"{prefix}_metacells_summary_mqc.json", "coem_metacells_summary", "Metacells",
+                      "Spectral metacells per sample: exactly the requested number, their sizes "
+                      "(cells per metacell) and the time taken.", {sample: row}, headers=SUMMARY_HEADERS),
+        multiqc.boxplot(f"{prefix}_metacell_sizes_mqc.json", "coem_metacell_sizes", "Metacell sizes",
+                        "Distribution of metacell sizes (cells per metacell) per sample.",
+                        {sample: [int(s) for s in sizes]}),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    prefix = args.prefix or args.sample
+    timings = {}
+
+    start = time.perf_counter()
+    mdata = read_mudata(args.input, args.sample, "pass the embed step's .h5mu with --input")
+    X = _embedding(mdata, args.embedding_key, args.sample, args.input)
+    timings["read_s"] = round(time.perf_counter() - start, 3)
+    log.info("read %s: %d cells, embedding %s in %.2f s", args.sample, mdata.n_obs, X.shape, timings["read_s"])
+
+    from coem.aggregate import metacell_table
+    from coem.metacells import SpectralMetacells
+
+    start = time.perf_counter()
+    model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
+                              k=args.k, seed=args.seed)
+    try:
+        model.fit(X)
+    except CoemInputError as err:
+        raise err.with_context(sample=args.sample, file=args.input) from err
+    timings["metacells_s"] = round(time.perf_counter() - start, 3)  # coem.metacells logs the stage
+
+    start = time.perf_counter()
+    mdata.obs["metacell"] = model.names_
+    labels = mdata.obs[args.label_key] if args.label_key in mdata.obs else None
+    table = metacell_table(mdata.obs["metacell"], labels)
+    table.to_csv(f"{prefix}.metacell_sizes.tsv", sep="\t", index_label="metacell")
+    row = summary_row(model.summary_, timings["metacells_s"])
+    write_multiqc(prefix, args.sample, row, table["size"].to_numpy())
+    params = {"n_metacells": args.n_metacells, "cells_per_metacell": args.cells_per_metacell, "k": args.k,
+              "embedding_key": args.embedding_key, "input": args.input}
+    record_step(mdata, STEP, params, seed=args.seed, timings=timings, summary=model.summary_,
+                strategy=model.strategy_)
+    write_versions_yml("versions.yml", args.process_name or "COEM_METACELLS")
+    write_mudata_atomically(mdata, Path(f"{prefix}.metacells.h5mu"))
+    log.info("wrote %s.metacells.h5mu, sizes and MultiQC content in %.2f s", prefix, time.perf_counter() - start)
+    return 0

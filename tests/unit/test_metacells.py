@@ -1,0 +1,247 @@
+"""Spectral metacells (coem.metacells) and the metacells command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.sparse.csgraph import connected_components
+from sklearn.metrics import adjusted_rand_score
+
+from coem.errors import CoemInputError
+from coem.graph import knn, rbf_kernel
+from coem.metacells import (
+    SpectralMetacells,
+    allot,
+    metacell_names,
+    repair_count,
+    resolve_n_metacells,
+    size_summary,
+)
+
+
+def _blobs(n_per: int, n_blobs: int, dim: int, gap: float, seed: int):
+    """Gaussian blobs (unit sd) with centres ``gap`` apart on orthogonal axes."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(n_blobs, dim) * gap
+    truth = np.repeat(np.arange(n_blobs), n_per)
+    return centres[truth] + rng.normal(size=(truth.size, dim)), truth
+
+
+def _check_exact(labels: np.ndarray, n: int):
+    assert labels.min() == 0 and labels.max() == n - 1
+    assert np.all(np.bincount(labels) > 0)
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def test_resolve_n_metacells_rule_and_errors():
+    assert resolve_n_metacells(7500) == 100
+    assert resolve_n_metacells(112, cells_per_metacell=75) == 1  # round(1.49)
+    assert resolve_n_metacells(113, cells_per_metacell=75) == 2  # round(1.51)
+    assert resolve_n_metacells(10) == 1  # at least one
+    assert resolve_n_metacells(10, n_metacells=10) == 10
+    with pytest.raises(ValueError, match="500 metacells were asked for but there are only 200 cells"):
+        resolve_n_metacells(200, n_metacells=500)
+    with pytest.raises(CoemInputError, match="must be at least 1, got 0"):
+        resolve_n_metacells(200, n_metacells=0)
+
+
+def test_allot_is_exact_proportional_and_at_least_one():
+    assert allot([50, 30, 20], 10).tolist() == [5, 3, 2]
+    assert allot([1, 99], 3).tolist() == [1, 2]  # the tiny part still gets one
+    assert allot([3, 3, 3], 4).tolist() == [2, 1, 1]  # tie goes to the first part
+    assert allot([2, 2], 4).tolist() == [2, 2]  # never more than the part's size
+    shares = allot([5000, 4100, 3333, 17], 200)
+    assert shares.sum() == 200 and shares.min() >= 1
+    with pytest.raises(ValueError):
+        allot([5, 5], 1)
+
+
+def test_repair_splits_largest_group_along_its_first_axis():
+    X = np.c_[np.arange(10.0), np.zeros(10)]
+    labels = repair_count(np.zeros(10, dtype=int), X, 2)
+    assert labels.tolist() == [0] * 5 + [1] * 5
+    # Three groups wanted: the two halves tie in size, the first (label 0) is split.
+    assert repair_count(labels, X, 3).tolist() == [0, 0, 2, 2, 2, 1, 1, 1, 1, 1]
+
+
+def test_names_and_summary():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    assert metacell_names(labels).tolist() == ["MC00001", "MC00001", "MC00002", "MC00003", "MC00003", "MC00003"]
+    assert size_summary(labels) == {"n_cells": 6, "n_metacells": 3, "min_size": 1, "median_size": 2.0,
+                                    "max_size": 3, "n_singletons": 1}
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("n_mc", [1, 3, 17, 58, 59, 60])
+def test_exactly_n_nonempty_metacells_up_to_n_cells(n_mc):
+    X = np.random.default_rng(5).normal(size=(60, 4))
+    model = SpectralMetacells(n_metacells=n_mc, seed=0).fit(X)
+    _check_exact(model.labels_, n_mc)
+    assert model.n_metacells_ == n_mc and model.summary_["n_metacells"] == n_mc
+
+
+def test_disconnected_components_get_their_own_metacells():
+    X, truth = _blobs(40, 3, 5, gap=100.0, seed=1)
+    idx, dist = knn(X, k=15)
+    assert connected_components(rbf_kernel(idx, dist))[0] == 3
+    labels = SpectralMetacells(n_metacells=7, seed=0).fit(X).labels_
+    _check_exact(labels, 7)
+    # No metacell mixes two components.
+    assert all(len(set(truth[labels == m])) == 1 for m in range(7))
+    # Fewer metacells than components: still exactly that many.
+    _check_exact(SpectralMetacells(n_metacells=2, seed=0).fit(X).labels_, 2)
+
+
+def test_recovers_planted_blobs_on_a_connected_graph():
+    """5 blobs 8 sd apart in 10-D, joined by a few bridge cells so the kNN graph is connected.
+
+    Between-blob kernel weights then come only from the bridges, so the normalised Laplacian
+    is nearly block diagonal and its top 5 eigenvectors are nearly blob indicators
+    (Ng-Jordan-Weiss): k-means on them should put every blob cell in its own blob's
+    metacell; ARI >= 0.95 allows about one percent of cells to be misplaced.
+    """
+    X, truth = _blobs(80, 5, 10, gap=8.0, seed=2)
+    centres = np.eye(5, 10) * 8.0
+    t = np.linspace(0.2, 0.8, 4)[:, None]
+    bridges = np.vstack([centres[i] * (1 - t) + centres[i + 1] * t for i in range(4)])
+    Xall = np.vstack([X, bridges])
+    idx, dist = knn(Xall, k=15)
+    assert connected_components(rbf_kernel(idx, dist))[0] == 1  # the spectral path, not components
+    labels = SpectralMetacells(n_metacells=5, seed=0).fit(Xall).labels_
+    _check_exact(labels, 5)
+    assert adjusted_rand_score(truth, labels[: truth.size]) >= 0.95
+
+
+def test_deterministic_for_a_seed():
+    X, _ = _blobs(60, 4, 6, gap=3.0, seed=3)
+    a = SpectralMetacells(n_metacells=9, seed=11).fit(X)
+    b = SpectralMetacells(n_metacells=9, seed=11).fit(X)
+    assert np.array_equal(a.labels_, b.labels_)
+    assert a.names_[0] == "MC00001"  # numbered in order of first cell
+
+
+def test_partitioned_path_is_exact_and_keeps_metacells_inside_parts():
+    X, _ = _blobs(150, 4, 5, gap=4.0, seed=4)
+    model = SpectralMetacells(n_metacells=13, seed=0, exact_max_cells=300, part_size=150).fit(X)
+    assert model.strategy_ == "partitioned" and model.n_parts_ >= 3
+    _check_exact(model.labels_, 13)
+    assert all(len(set(model.parts_[model.labels_ == m])) == 1 for m in range(13))
+    assert np.bincount(model.parts_).max() <= 1.5 * 150
+    again = SpectralMetacells(n_metacells=13, seed=0, exact_max_cells=300, part_size=150).fit(X)
+    assert np.array_equal(model.labels_, again.labels_)
+
+
+def test_partitioned_path_with_fewer_metacells_than_parts():
+    X, _ = _blobs(40, 3, 4, gap=5.0, seed=7)
+    model = SpectralMetacells(n_metacells=2, seed=0, exact_max_cells=50, part_size=20).fit(X)
+    assert model.strategy_ == "partitioned"
+    _check_exact(model.labels_, 2)
+
+
+def test_singletons_are_reported_with_a_warning(caplog):
+    X = np.random.default_rng(6).normal(size=(12, 2))
+    logger = logging.getLogger("coem.metacells")
+    logger.addHandler(caplog.handler)
+    try:
+        model = SpectralMetacells(n_metacells=12).fit(X)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert model.summary_["n_singletons"] == 12
+    assert any("12 metacells hold a single cell" in r.getMessage() for r in caplog.records)
+
+
+def test_fit_rejects_bad_embeddings():
+    with pytest.raises(CoemInputError, match="NaN or infinite"):
+        SpectralMetacells(n_metacells=2).fit(np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 4.0]]))
+    with pytest.raises(ValueError, match="5 metacells were asked for but there are only 3 cells"):
+        SpectralMetacells(n_metacells=5).fit(np.zeros((3, 2)))
+    with pytest.raises(CoemInputError, match="k must be at least 2"):
+        SpectralMetacells(n_metacells=2, k=1).fit(np.zeros((3, 2)))
+
+
+# ----------------------------------------------------------------------------- command
+
+
+@pytest.fixture
+def embedded_h5mu(tmp_path, tiny_sim):
+    """tiny_sim (200 cells) with labels and a stand-in embedding (state means + noise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mdata = tiny_sim.mdata.copy()
+    state = mdata.obs["state"].astype(str).to_numpy()
+    mdata.obs["label"] = state
+    codes = pd.factorize(state)[0]
+    rng = np.random.default_rng(0)
+    mdata.obsm["X_embedding"] = (np.eye(codes.max() + 1, 6)[codes] * 6 + rng.normal(size=(200, 6))).astype(np.float32)
+    path = tmp_path / "S1.embed.h5mu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mdata.write(str(path))
+    return path
+
+
+def test_cli_writes_metacells_sizes_and_multiqc(tmp_path, embedded_h5mu, monkeypatch):
+    import mudata
+
+    from coem.cli.metacells import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--sample", "S1", "--input", str(embedded_h5mu), "--prefix", "P", "--n-metacells", "8",
+                 "--seed", "3"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        out = mudata.read_h5mu("P.metacells.h5mu")
+    assert out.obs["metacell"].nunique() == 8 and out.obs["metacell"].iloc[0] == "MC00001"
+    assert "X_embedding" in out.obsm
+    record = json.loads(out.uns["coem"]["metacells"])
+    assert record["seed"] == 3 and record["params"]["n_metacells"] == 8 and record["params"]["k"] == 15
+
+    sizes = pd.read_csv("P.metacell_sizes.tsv", sep="\t")
+    assert list(sizes.columns) == ["metacell", "size", "label", "label_fraction"]
+    assert sizes["size"].sum() == 200 and len(sizes) == 8
+    assert sizes["label_fraction"].between(0, 1).all()
+
+    table = json.loads(Path("P_metacells_summary_mqc.json").read_text())
+    assert table["id"] == "coem_metacells_summary" and table["plot_type"] == "table"
+    row = table["data"]["S1"]
+    assert row["cells"] == 200 and row["metacells"] == 8 and row["singletons"] == 0
+    assert row["min_size"] == sizes["size"].min() and row["max_size"] == sizes["size"].max()
+    assert row["seconds"] >= 0
+    box = json.loads(Path("P_metacell_sizes_mqc.json").read_text())
+    assert box["id"] == "coem_metacell_sizes" and box["plot_type"] == "boxplot"
+    assert sorted(box["data"]["S1"]) == sorted(sizes["size"].astype(float).tolist())
+    assert "COEM_METACELLS" in Path("versions.yml").read_text()
+
+
+def test_cli_too_few_cells_names_sample_and_numbers(tmp_path, embedded_h5mu, monkeypatch, capsys):
+    from coem.cli._common import run_cli
+    from coem.cli.metacells import main
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--sample", "S9", "--input", str(embedded_h5mu), "--n-metacells", "500"]) == 2
+    err = capsys.readouterr().err
+    assert f"ERROR: sample 'S9', file '{embedded_h5mu}': 500 metacells were asked for but there are only 200" in err
+    assert not Path("S9.metacells.h5mu").exists()
+
+
+def test_cli_missing_embedding_is_a_user_error(tmp_path, tiny_sim, monkeypatch, capsys):
+    from coem.cli._common import run_cli
+    from coem.cli.metacells import main
+
+    path = tmp_path / "noembed.h5mu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tiny_sim.mdata.write(str(path))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--sample", "S2", "--input", str(path)]) == 2
+    assert "obsm has no 'X_embedding'" in capsys.readouterr().err
