@@ -1,0 +1,305 @@
+"""``coem_train_vae.py``: train the COEM joint VAE on one sample and write its embedding.
+
+Outputs (``P`` = ``--prefix``, default the sample id):
+
+- ``P.embed.h5mu``: the input MuData with ``obsm['X_embedding']`` = posterior means z (same
+  contract as the pca_lsi embedding step) and the step record under ``uns['coem']['embed']``
+  (``params.method = 'vae'``: device, torch/CUDA versions, epochs, seconds per epoch, losses, seed);
+- ``P.vae.pt``: checkpoint (``state_dict``, ``config``, ``history``, the genes and peaks used);
+- ``P.vae_history.tsv``: one row per epoch (losses and their parts, KL weight, seconds);
+- MultiQC custom content: ``P_vae_loss_mqc.json`` (linegraph ``coem_vae_loss``: training and
+  validation loss per epoch) and ``P_vae_summary_mqc.json`` (table ``coem_vae_summary``);
+- ``versions.yml``.
+
+The h5mu is written under a temporary name and renamed last, so a failed run never leaves a
+file that looks like a good output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from coem import multiqc
+from coem._logging import get_logger
+from coem.cli._common import base_parser
+from coem.errors import CoemInputError
+from coem.model.likelihoods import LIKELIHOODS
+from coem.model.vae import INPUT_TRANSFORMS
+from coem.provenance import record_step, software_versions, write_versions_yml
+
+STEP = "embed"
+METHOD = "vae"
+INTEGER_CHECK_VALUES = 1_000_000
+
+log = get_logger("coem.train_vae")
+
+
+def build_parser():
+    parser = base_parser("Train the COEM joint VAE (scMVP-style) and write the joint embedding z.")
+    parser.add_argument("--input", required=True, help="QC'd MuData (P.qc.h5mu) with 'rna' and 'atac'")
+    model = parser.add_argument_group("model")
+    model.add_argument("--n-latent", type=int, default=10, help="latent dimensions (default: 10, scMVP)")
+    model.add_argument("--n-hidden", type=int, default=128, help="hidden units per channel (default: 128)")
+    model.add_argument("--n-centroids", type=int, default=20, help="GMM prior components (default: 20, scMVP)")
+    model.add_argument("--rna-likelihood", choices=sorted(LIKELIHOODS), default="nb", help="default: nb (scMVP)")
+    model.add_argument("--atac-likelihood", choices=sorted(LIKELIHOODS), default="zip",
+                       help="default: zip on binarised peaks (scMVP)")
+    model.add_argument("--rna-weight", type=float, default=3.0,
+                       help="RNA likelihood weight (default: 3.0, scMVP; see coem/model/vae.py)")
+    model.add_argument("--atac-weight", type=float, default=1.0,
+                       help="ATAC likelihood weight (default: 1.0; scMVP: 0.1, which loses ATAC-only states)")
+    model.add_argument("--dropout-rate", type=float, default=0.1, help="encoder dropout (default: 0.1)")
+    model.add_argument("--input-transform", choices=INPUT_TRANSFORMS, default="log1p",
+                       help="encoder input: log1p of raw counts (scMVP) or of counts per 10k (log1p_norm)")
+    data = parser.add_argument_group("features")
+    data.add_argument("--n-genes", type=int, default=2000, help="top-variance genes kept (0 = all; default 2000)")
+    data.add_argument("--max-peak-fraction", type=float, default=0.1,
+                      help="drop peaks open in more than this fraction of cells (default: 0.1, scMVP)")
+    data.add_argument("--no-binarize-atac", dest="binarize_atac", action="store_false",
+                      help="model raw ATAC counts instead of 0/1 (not with --atac-likelihood bernoulli)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=100, help="maximum epochs (default: 100)")
+    train.add_argument("--batch-size", type=int, default=256, help="minibatch size (default: 256; scMVP: 64)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    train.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (0 = off)")
+    train.add_argument("--warmup-epochs", type=int, default=10, help="linear KL warm-up epochs (default: 10)")
+    train.add_argument("--val-fraction", type=float, default=0.1, help="validation cells (default: 0.1)")
+    train.add_argument("--gmm-init", choices=("kmeans", "random"), default="kmeans",
+                       help="GMM prior init after epoch 1 (default: kmeans)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto = CUDA when available (cuda without a GPU falls back to CPU)")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    train.add_argument("--log-every", type=int, default=1, help="log a line every N epochs")
+    return parser
+
+
+def _check_args(args) -> None:
+    """Option combinations that cannot work, named before any data is read."""
+    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size, "--n-latent": args.n_latent,
+                "--n-hidden": args.n_hidden, "--n-centroids": args.n_centroids}
+    for flag, value in positive.items():
+        if value < 1:
+            raise CoemInputError(f"{flag} must be at least 1, got {value}", sample=args.sample)
+    if not 0 < args.max_peak_fraction <= 1:
+        raise CoemInputError(f"--max-peak-fraction must be in (0, 1], got {args.max_peak_fraction}", sample=args.sample)
+    if not 0 <= args.val_fraction < 1:
+        raise CoemInputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}", sample=args.sample)
+    if args.atac_likelihood == "bernoulli" and not args.binarize_atac:
+        raise CoemInputError("--atac-likelihood bernoulli needs binarised peaks; drop --no-binarize-atac",
+                             sample=args.sample)
+    if args.rna_likelihood == "bernoulli":
+        raise CoemInputError("--rna-likelihood bernoulli is for 0/1 data; use nb, zinb, poisson or zip",
+                             sample=args.sample)
+
+
+def _read(path: str, sample: str):
+    """The MuData and its RNA / ATAC matrices, rows in ``mdata.obs_names`` order."""
+    if not Path(path).is_file():
+        raise CoemInputError("input file not found", sample=sample, file=path)
+    import mudata
+
+    try:
+        mdata = mudata.read_h5mu(path)
+    except Exception as err:  # h5py/anndata raise many types for a corrupt file
+        raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err})", sample=sample, file=path) from err
+    matrices = []
+    for mod in ("rna", "atac"):
+        if mod not in mdata.mod:
+            raise CoemInputError(f"modality '{mod}' is missing; the VAE needs 'rna' and 'atac'", sample=sample, file=path)
+        adata = mdata.mod[mod]
+        if not adata.obs_names.equals(mdata.obs_names):
+            adata = adata[mdata.obs_names]
+        matrices.append(adata.X)
+    return mdata, matrices[0], matrices[1]
+
+
+def _check_integers(matrix, what: str, sample: str, path: str) -> None:
+    """Count likelihoods need raw counts: non-integers mean normalised data was given."""
+    import scipy.sparse as sp
+
+    values = matrix.data[:INTEGER_CHECK_VALUES] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:INTEGER_CHECK_VALUES]
+    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+        raise CoemInputError(
+            f"{what} values are not integers (normalised data?); the VAE needs raw counts in .X",
+            sample=sample, file=path,
+        )
+
+
+def _clean(value):
+    """NaN -> None so JSON stays valid (MultiQC rejects NaN)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_multiqc(prefix: str, sample: str, history: dict, summary: dict) -> list[Path]:
+    """Loss curves (train and validation per epoch) and one summary table row."""
+    series = {f"{sample} train": {e["epoch"]: e["train_loss"] for e in history["epochs"]}}
+    val = {e["epoch"]: e["val_loss"] for e in history["epochs"] if math.isfinite(e["val_loss"])}
+    if val:
+        series[f"{sample} validation"] = val
+    paths = [multiqc.linegraph(
+        f"{prefix}_vae_loss_mqc.json", "coem_vae_loss", "VAE: training loss",
+        "Joint VAE loss per cell and epoch: weighted negative log-likelihood of RNA and ATAC plus the "
+        "KL divergence to the GMM prior at full weight (the optimised objective uses the warm-up "
+        "KL weight). The kept model is the epoch with the lowest validation loss.",
+        series, pconfig={"xlab": "epoch", "ylab": "loss per cell"},
+    )]
+    headers = {
+        "device": {"title": "Device"},
+        "torch": {"title": "torch"},
+        "cuda": {"title": "CUDA", "description": "CUDA version torch was built with"},
+        "epochs_run": {"title": "Epochs", "format": "{:,.0f}"},
+        "best_epoch": {"title": "Best epoch", "format": "{:,.0f}"},
+        "seconds_per_epoch": {"title": "s / epoch", "format": "{:,.2f}"},
+        "final_train_loss": {"title": "Train loss", "description": "last epoch", "format": "{:,.2f}"},
+        "final_val_loss": {"title": "Validation loss", "description": "last epoch", "format": "{:,.2f}"},
+        "best_val_loss": {"title": "Best val. loss", "description": "kept model", "format": "{:,.2f}"},
+        "seed": {"title": "Seed", "format": "{:,.0f}"},
+    }
+    paths.append(multiqc.table(
+        f"{prefix}_vae_summary_mqc.json", "coem_vae_summary", "VAE: training summary",
+        "Where and how long the joint VAE trained, and its losses.",
+        {sample: {key: _clean(summary[key]) for key in headers}}, headers=headers,
+    ))
+    return paths
+
+
+def _summary(history: dict, seed: int) -> dict:
+    import torch
+
+    epochs = history["epochs"]
+    last = epochs[-1]
+    best = epochs[history["best_epoch"] - 1] if history["best_epoch"] else last
+    return {
+        "device": history["device"],
+        "torch": torch.__version__,
+        "cuda": (torch.version.cuda or "none") + ("" if history["device"].startswith("cuda") else " (not used)"),
+        "cuda_used": history["device"].startswith("cuda"),
+        "epochs_run": history["epochs_run"],
+        "best_epoch": history["best_epoch"],
+        "stopped_early": history["stopped_early"],
+        "seconds_per_epoch": round(history["seconds_per_epoch"], 4),
+        "seconds_total": round(history["seconds"], 3),
+        "final_train_loss": last["train_loss"],
+        "final_val_loss": last["val_loss"],
+        "best_train_loss": best["train_loss"],
+        "best_val_loss": best["val_loss"],
+        "gmm_init": history["gmm_init"],
+        "seed": seed,
+    }
+
+
+def load_model(path: str | Path):
+    """Rebuild a trained JointVAE from ``P.vae.pt`` (returns model, checkpoint dict)."""
+    import torch
+
+    from coem.model.vae import JointVAE
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = JointVAE.from_config(checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, checkpoint
+
+
+def _params(args) -> dict:
+    keys = ("n_latent", "n_hidden", "n_centroids", "rna_likelihood", "atac_likelihood", "rna_weight",
+            "atac_weight", "dropout_rate", "input_transform", "n_genes", "max_peak_fraction", "binarize_atac", "epochs",
+            "batch_size", "lr", "patience", "warmup_epochs", "val_fraction", "gmm_init", "device", "threads")
+    return {"method": METHOD, "input": args.input, **{key: getattr(args, key) for key in keys}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    prefix = args.prefix or args.sample
+    timings = {}
+
+    start = time.perf_counter()
+    mdata, rna, atac = _read(args.input, args.sample)
+    _check_integers(rna, "RNA", args.sample, args.input)
+    if not args.binarize_atac:
+        _check_integers(atac, "ATAC", args.sample, args.input)
+    timings["read_s"] = round(time.perf_counter() - start, 3)
+    log.info("read %s: %d cells, %d genes, %d peaks in %.2f s", args.sample, mdata.n_obs, rna.shape[1],
+             atac.shape[1], timings["read_s"])
+
+    import torch
+
+    from coem.model.data import prepare_data
+    from coem.model.train import embed, train_vae
+    from coem.model.vae import JointVAE
+
+    start = time.perf_counter()
+    try:
+        data = prepare_data(rna, atac, n_genes=args.n_genes, max_peak_fraction=args.max_peak_fraction,
+                            binarize_atac=args.binarize_atac, val_fraction=args.val_fraction, seed=args.seed)
+    except CoemInputError as err:
+        raise err.with_context(sample=args.sample, file=args.input) from err
+    if data.train_idx.size < args.n_centroids:
+        raise CoemInputError(f"{data.train_idx.size} training cells are fewer than --n-centroids "
+                             f"{args.n_centroids}; lower --n-centroids", sample=args.sample, file=args.input)
+    timings["features_s"] = round(time.perf_counter() - start, 3)
+    log.info("features: %d genes, %d peaks (open in <= %.0f%% of cells), %d train / %d validation cells in %.2f s",
+             data.n_genes, data.n_peaks, 100 * args.max_peak_fraction, data.train_idx.size, data.val_idx.size,
+             timings["features_s"])
+
+    try:
+        model = JointVAE(data.n_genes, data.n_peaks, n_latent=args.n_latent, n_hidden=args.n_hidden,
+                         n_centroids=args.n_centroids, rna_likelihood=args.rna_likelihood,
+                         atac_likelihood=args.atac_likelihood, rna_weight=args.rna_weight,
+                         atac_weight=args.atac_weight, dropout_rate=args.dropout_rate,
+                         input_transform=args.input_transform, seed=args.seed)
+    except ValueError as err:
+        raise CoemInputError(f"invalid model options: {err}", sample=args.sample) from err
+    start = time.perf_counter()
+    history = train_vae(model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                        patience=args.patience, n_warmup_epochs=args.warmup_epochs, device=args.device,
+                        seed=args.seed, log_every=args.log_every, threads=args.threads, gmm_init=args.gmm_init)
+    timings["train_s"] = round(time.perf_counter() - start, 3)
+    log.info("trained %d epochs (best %d) in %.2f s", history["epochs_run"], history["best_epoch"], timings["train_s"])
+
+    start = time.perf_counter()
+    z = embed(model, data, batch_size=max(args.batch_size, 1024))
+    timings["embed_s"] = round(time.perf_counter() - start, 3)
+    log.info("embedded %d cells (%d dims) in %.2f s", z.shape[0], z.shape[1], timings["embed_s"])
+
+    start = time.perf_counter()
+    summary = _summary(history, args.seed)
+    mdata.obsm["X_embedding"] = z
+    genes = mdata.mod["rna"].var_names[data.gene_idx].tolist()
+    peaks = mdata.mod["atac"].var_names[data.peak_idx].tolist()
+    record_step(mdata, STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(genes),
+                n_peaks_used=len(peaks), n_train_cells=int(data.train_idx.size),
+                n_val_cells=int(data.val_idx.size),
+                **{k: _clean(v) for k, v in summary.items() if k != "seed"})
+    checkpoint = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                  "config": model.config, "history": history, "genes": genes, "peaks": peaks,
+                  "binarize_atac": args.binarize_atac, "versions": software_versions()}
+    _write_outputs(prefix, args, mdata, checkpoint, history, summary, torch)
+    log.info("wrote %s.embed.h5mu, %s.vae.pt and reports in %.2f s", prefix, prefix, time.perf_counter() - start)
+    return 0
+
+
+def _write_outputs(prefix, args, mdata, checkpoint, history, summary, torch) -> None:
+    """Everything but the h5mu first; the h5mu goes to a temporary name, renamed at the end."""
+    import pandas as pd
+
+    final = Path(f"{prefix}.embed.h5mu")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(f"{prefix}.embed.h5mu.partial")
+    try:
+        torch.save(checkpoint, f"{prefix}.vae.pt")
+        pd.DataFrame(history["epochs"]).to_csv(f"{prefix}.vae_history.tsv", sep="\t", index=False)
+        write_multiqc(prefix, args.sample, history, summary)
+        write_versions_yml("versions.yml", args.process_name or "COEM_TRAIN_VAE")
+        mdata.write(str(partial))
+        os.replace(partial, final)
+    finally:
+        if partial.exists():
+            partial.unlink()
