@@ -71,7 +71,8 @@ def _gene_table(genes_var: pd.DataFrame) -> pd.DataFrame:
         raise CoemInputError(
             f"no gene has TSS information: the RNA var table lacks column(s) {missing}; "
             "add an annotation column 'chrom' and a 1-based 'tss' per gene (e.g. from a gene TSS table "
-            "such as annotation/hg38_gene_tss.tsv, or the 10x 'interval' feature column)"
+            "such as annotation/hg38_gene_tss.tsv, or the 10x 'interval' feature column; in the pipeline: the "
+            "samplesheet's 'annotation' column)"
         )
     table = pd.DataFrame(index=genes_var.index)
     table["chrom"] = _as_str_chrom(genes_var["chrom"])
@@ -83,7 +84,7 @@ def _gene_table(genes_var: pd.DataFrame) -> pd.DataFrame:
         raise CoemInputError(
             f"no gene has TSS information ({len(table)} genes, all with missing 'chrom' or 'tss'); "
             "add an annotation column 'tss' (1-based) and 'chrom' per gene, e.g. from a gene TSS table "
-            "matching the genome build"
+            "matching the genome build (in the pipeline: the samplesheet's 'annotation' column, a GTF or TSS table)"
         )
     return table
 

@@ -103,9 +103,11 @@ def validate_text(
         line = reader.line_num
         if not any(v.strip() for v in record):
             continue  # blank lines are harmless
+        n_known = len(errors)
         row = _check_row(header, record, line, Path(base_dir), errors, check_files)
         if row is None:
             continue
+        _name_sample(errors, n_known, row.sample)
         if row.sample in seen:
             errors.append(f"line {line}, column 'sample': duplicate sample id '{row.sample}' (first on line {seen[row.sample]})")
         elif row.sample:
@@ -116,6 +118,12 @@ def validate_text(
     if errors:
         _raise(errors, source)
     return rows
+
+
+def _name_sample(errors: list[str], first: int, sample: str) -> None:
+    """Suffix a row's problems (``errors[first:]``) with its sample id, so each names its sample."""
+    if sample and SAMPLE_ID.match(sample):
+        errors[first:] = [f"{problem} (sample '{sample}')" for problem in errors[first:]]
 
 
 def _raise(errors: list[str], source: str | None) -> None:

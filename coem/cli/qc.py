@@ -102,6 +102,11 @@ def _input_row(args) -> dict:
     return {key: getattr(args, key) or "" for key in keys}
 
 
+def _input_files(row: dict) -> str:
+    """The sample's input as ``coem.readers`` names it in errors (an .h5ad pair as 'rna + atac')."""
+    return row["h5"] or row["h5mu"] or f"{row['rna']} + {row['atac']}"
+
+
 def _thresholds(args) -> QCThresholds:
     """Turn the threshold flags into QCThresholds; a bad value becomes a user-facing error."""
     try:
@@ -189,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
              mdata.mod["atac"].n_vars if "atac" in mdata.mod else 0, timings["read_s"])
 
     start = time.perf_counter()
-    filtered, report = apply_qc(mdata, thresholds, sample=args.sample)
+    try:
+        filtered, report = apply_qc(mdata, thresholds, sample=args.sample)
+    except CoemInputError as err:  # name the input too: the operator fixes thresholds or that file
+        raise err.with_context(file=_input_files(row)) from err
     timings["qc_s"] = round(time.perf_counter() - start, 3)
     log.info("QC %s: %d of %d cells kept (%.1f%%), %d genes, %d peaks in %.2f s", args.sample,
              report.cells_after, report.cells_before, report.pct_cells_kept, report.genes_after,

@@ -327,7 +327,7 @@ def test_cli_failing_sample_writes_nothing(h5mu_input, tmp_path, monkeypatch):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     monkeypatch.chdir(out_dir)
-    with pytest.raises(CoemInputError, match="sample 'S1': only 57 of 60 cells pass QC, fewer than min_cells=100"):
+    with pytest.raises(CoemInputError, match=r"sample 'S1', file '.*\.h5mu': only 57 of 60 cells pass QC, fewer than min_cells=100"):
         main(["--sample", "S1", "--h5mu", str(h5mu_input), "--prefix", "P", *CLI_FLAGS, "--min-cells", "100"])
     assert list(out_dir.iterdir()) == []
 

@@ -1,0 +1,159 @@
+"""Failures in real Nextflow runs: a bad sample publishes nothing, a killed run resumes.
+
+a) A samplesheet with the two test samples and a third whose labels file matches no barcode:
+   the run fails naming the sample, the file and the problem, and no step folder of results/
+   holds a file of the bad sample.
+b) A run killed (SIGTERM to its process group) after its QC tasks finished is resumed with
+   -resume: the finished tasks come from the cache, and the final tables equal a clean run's.
+
+Every run uses ``--embedding pca_lsi`` (the VAE is slower and is tested elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import REPO, _env, latest_trace, run_nextflow
+
+pytestmark = pytest.mark.pipeline
+
+SAMPLES = ("sim1", "sim2")
+TEST_DATA = REPO / "assets" / "test_data"
+PCA = ["--embedding", "pca_lsi"]
+STEP_FOLDERS = ("qc", "embed", "metacells", "aggregate", "peak2gene", "evaluate", "baselines", "multiqc")
+KILL_AFTER_S = 900  # give up waiting for the QC tasks of the run to be killed after this long
+GRACE_S = 30  # SIGTERM, then SIGKILL after this
+
+
+# ---------------------------------------------------------------------------------------------
+# a) a failed sample publishes nothing past its failure
+# ---------------------------------------------------------------------------------------------
+
+def test_failed_sample_publishes_nothing(tmp_path, nextflow_available):
+    labels = tmp_path / "bad_labels.csv"
+    labels.write_text("barcode,label\nTTTTGGGGCCCCAAAA-1,B cell\nGGGGCCCCAAAATTTT-1,T cell\n")
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(
+        "sample,h5,h5mu,labels\n"
+        f"sim1,{TEST_DATA / 'sim1_filtered_feature_bc_matrix.h5'},,{TEST_DATA / 'sim1_labels.csv'}\n"
+        f"sim2,,{TEST_DATA / 'sim2.h5mu'},{TEST_DATA / 'sim2_labels.csv'}\n"
+        f"badlabels,,{TEST_DATA / 'sim2.h5mu'},{labels}\n"
+    )
+    result = run_nextflow(["run", str(REPO), "-profile", "test", *PCA, "--input", str(sheet),
+                           "--outdir", "results"], tmp_path)
+
+    assert result.returncode != 0, result.output[-4000:]
+    assert "Process `COEM_NF:COEM:QC (badlabels)` terminated with an error exit status (2)" in result.output
+    assert ("ERROR: sample 'badlabels', file 'bad_labels.csv': no barcode of the labels file is a cell "
+            "of this sample") in result.output
+    published = [p for folder in STEP_FOLDERS for p in (result.outdir / folder).rglob("*") if p.is_file()]
+    assert not [p for p in published if "badlabels" in p.name], f"bad sample published: {published}"
+    assert not (result.outdir / "multiqc").exists(), "no report may pretend the run was good"
+    # What is there belongs to the good samples (the run lets their running tasks finish).
+    assert {p.name.split(".")[0].split("_")[0] for p in published} <= set(SAMPLES), published
+    trace = {r["name"]: r for r in latest_trace(result.outdir)}
+    assert trace["COEM_NF:COEM:QC (badlabels)"]["status"] == "FAILED"
+    assert trace["COEM_NF:COEM:QC (badlabels)"]["exit"] == "2"  # a bad-input error: not retried
+    assert not [n for n in trace if "badlabels" in n and ":QC " not in n], "a step ran after the failure"
+
+
+# ---------------------------------------------------------------------------------------------
+# b) kill and resume
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, nextflow_available):
+    """The reference: one uninterrupted `-profile test --embedding pca_lsi` run (same seed)."""
+    launch = tmp_path_factory.mktemp("nf_clean")
+    result = run_nextflow(["run", str(REPO), "-profile", "test", *PCA, "--outdir", "results"], launch)
+    assert result.returncode == 0, result.output[-6000:]
+    return result
+
+
+def completed_tasks(log: Path) -> set[str]:
+    """Names of the tasks .nextflow.log reports as completed with exit 0."""
+    if not log.exists():
+        return set()
+    done = re.findall(r"Task completed > TaskHandler\[id: \d+; name: ([^;]+); status: COMPLETED; exit: 0;",
+                      log.read_text(errors="replace"))
+    return set(done)
+
+
+def run_and_kill(launch: Path, wanted: set[str]) -> tuple[set[str], str]:
+    """Start the run, SIGTERM its process group once ``wanted`` tasks completed; return what had completed."""
+    launch.mkdir(parents=True, exist_ok=True)
+    log = launch / ".nextflow.log"
+    with open(launch / "killed_run.out", "w") as out:
+        proc = subprocess.Popen([str(REPO / "nextflow"), "run", str(REPO), "-profile", "test", *PCA,
+                                 "--outdir", "results"], cwd=launch, env=_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + KILL_AFTER_S
+            while not wanted <= completed_tasks(log):
+                assert proc.poll() is None, (launch / "killed_run.out").read_text()[-4000:]
+                assert time.monotonic() < deadline, f"{wanted} not completed after {KILL_AFTER_S} s"
+                time.sleep(1)
+            time.sleep(3)  # let Nextflow record the finished tasks and start the next ones
+            assert proc.poll() is None, "the run finished before it could be killed"
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=GRACE_S)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode != 0
+    return completed_tasks(log), (launch / "killed_run.out").read_text()
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, nextflow_available):
+    """A run killed after its QC tasks, then resumed to completion in the same launch dir."""
+    launch = tmp_path_factory.mktemp("nf_killed")
+    qc_tasks = {f"COEM_NF:COEM:QC ({s})" for s in SAMPLES}
+    done_before_kill, killed_output = run_and_kill(launch, qc_tasks)
+    assert not (launch / "results" / "peak2gene").exists(), "the killed run got to the end: kill came too late"
+    result = run_nextflow(["run", str(REPO), "-profile", "test", *PCA, "--outdir", "results", "-resume"], launch)
+    assert result.returncode == 0, result.output[-6000:]
+    return result, done_before_kill
+
+
+def test_resume_after_kill_reuses_finished_tasks(resumed_run):
+    result, done_before_kill = resumed_run
+    assert {f"COEM_NF:COEM:QC ({s})" for s in SAMPLES} <= done_before_kill
+    status = {r["name"]: r["status"] for r in latest_trace(result.outdir)}
+    not_cached = sorted(name for name in done_before_kill if status.get(name) != "CACHED")
+    assert not not_cached, f"finished before the kill but re-run on -resume: {not_cached}; trace: {status}"
+    reran = [n for n, s in status.items() if s == "COMPLETED"]
+    assert any(":PEAK2GENE " in n for n in reran), f"the resume did not finish the pipeline: {status}"
+
+
+def metacell_assignment(path: Path) -> pd.Series:
+    """Cell -> metacell id, from the published metacells .h5mu."""
+    from coem.cli.embed import quiet_mudata, read_mudata
+
+    with quiet_mudata():
+        mdata = read_mudata(str(path), path.name.split(".")[0], "a published metacells .h5mu")
+    return mdata.obs["metacell"].astype(str).rename("metacell")
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_resumed_outputs_equal_a_clean_run(resumed_run, clean_run, sample):
+    resumed, clean = resumed_run[0].outdir, clean_run.outdir
+    pd.testing.assert_series_equal(metacell_assignment(resumed / "metacells" / f"{sample}.metacells.h5mu"),
+                                   metacell_assignment(clean / "metacells" / f"{sample}.metacells.h5mu"))
+    for table in (f"metacells/{sample}.metacell_sizes.tsv", f"peak2gene/{sample}.peak2gene.tsv"):
+        resumed_table = pd.read_csv(resumed / table, sep="\t")
+        assert len(resumed_table) > 0, table
+        pd.testing.assert_frame_equal(resumed_table, pd.read_csv(clean / table, sep="\t"), check_exact=True)
