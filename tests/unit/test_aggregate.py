@@ -152,7 +152,7 @@ def test_cli_without_metacells_is_a_user_error(tmp_path, tiny_sim, monkeypatch, 
     from coem.cli.aggregate import main
 
     with _quiet():
-        tiny_sim.mdata.write(str(tmp_path / "plain.h5mu"))
+        tiny_sim.mdata.copy().write(str(tmp_path / "plain.h5mu"))
     monkeypatch.chdir(tmp_path)
     assert run_cli(main, ["--sample", "S3", "--input", "plain.h5mu"]) == 2
     err = capsys.readouterr().err
