@@ -17,7 +17,7 @@ from typing import Sequence
 
 from coem._logging import get_logger
 from coem.cli._common import base_parser
-from coem.cli.embed import read_mudata, write_mudata_atomically
+from coem.cli._common import read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
 from coem.provenance import record_step, write_versions_yml
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("read %s: %d cells in %.2f s", args.sample, mdata.n_obs, timings["read_s"])
 
     from coem.aggregate import aggregate_metacells
-    from coem.cli.embed import quiet_mudata
+    from coem.cli._common import quiet_mudata
 
     start = time.perf_counter()
     try:

@@ -14,53 +14,17 @@ that looks like a good output.
 
 from __future__ import annotations
 
-import os
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 from coem._logging import get_logger
-from coem.cli._common import base_parser
+from coem.cli._common import base_parser, quiet_mudata, read_mudata, write_mudata_atomically  # noqa: F401 (re-exported)
 from coem.errors import CoemInputError
 from coem.provenance import record_step, write_versions_yml
 
 STEP = "embed"
 log = get_logger("coem.embed")
-
-
-@contextmanager
-def quiet_mudata():
-    """mudata 0.3 warns about its future ``pull_on_update`` default on every update; mute it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
-def read_mudata(path: str, sample: str, hint: str):
-    """Read a MuData; a missing or unreadable file is a user error that says what to pass."""
-    if not Path(path).is_file():
-        raise CoemInputError(f"input file not found; {hint}", sample=sample, file=path)
-    import mudata
-
-    try:
-        with quiet_mudata():
-            return mudata.read_h5mu(path)
-    except Exception as err:  # h5py/anndata raise many types for a corrupt file
-        raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err})", sample=sample, file=path) from err
-
-
-def write_mudata_atomically(mdata, final: Path) -> None:
-    """Write to ``<final>.partial`` and rename, so a crash never leaves a plausible output."""
-    partial = Path(f"{final}.partial")
-    try:
-        with quiet_mudata():
-            mdata.write(str(partial))
-        os.replace(partial, final)
-    finally:
-        if partial.exists():
-            partial.unlink()
 
 
 def build_parser():

@@ -23,7 +23,7 @@ import numpy as np
 from coem import multiqc
 from coem._logging import get_logger
 from coem.cli._common import base_parser
-from coem.cli.embed import read_mudata, write_mudata_atomically
+from coem.cli._common import read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
 from coem.provenance import record_step, write_versions_yml
 

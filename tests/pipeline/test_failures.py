@@ -141,7 +141,7 @@ def test_resume_after_kill_reuses_finished_tasks(resumed_run):
 
 def metacell_assignment(path: Path) -> pd.Series:
     """Cell -> metacell id, from the published metacells .h5mu."""
-    from coem.cli.embed import quiet_mudata, read_mudata
+    from coem.cli._common import quiet_mudata, read_mudata
 
     with quiet_mudata():
         mdata = read_mudata(str(path), path.name.split(".")[0], "a published metacells .h5mu")
