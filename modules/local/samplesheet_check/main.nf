@@ -25,8 +25,13 @@ process SAMPLESHEET_CHECK {
     """
 
     stub:
+    // The check is cheap and later steps need its normalised paths: run it in stub mode too.
     """
-    cp ${samplesheet} samplesheet.valid.csv
-    touch versions.yml
+    coem_samplesheet_check.py \\
+        --input ${samplesheet} \\
+        --base-dir ${base_dir} \\
+        --output samplesheet.valid.csv \\
+        --no-check-files \\
+        --process-name ${task.process}
     """
 }

@@ -94,7 +94,7 @@ def paramsSummaryMultiqc() {
         .collect { n, v -> "<tr><th>--${n}</th><td><code>${v}</code></td></tr>" }
     rows << "<tr><th>profile</th><td><code>${workflow.profile}</code></td></tr>"
     rows << "<tr><th>container engine</th><td><code>${workflow.containerEngine ?: 'none'}</code></td></tr>"
-    rows << "<tr><th>run name</th><td><code>${workflow.runName}</code></td></tr>"
+    // Nothing that changes from run to run (run name, dates): -resume must find the report cached.
     def html = "<table class=\"table table-condensed\">${rows.join('')}</table>"
     return [
         "id: 'coem-params-summary'",
