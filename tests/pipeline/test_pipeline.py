@@ -82,10 +82,12 @@ def test_resume_caches_every_finished_task(test_profile_run):
 
 
 def test_stub_run_of_the_whole_dag(tmp_path):
-    result = run_nextflow(["run", str(REPO), "-profile", "test", "-stub", "--outdir", "results"], tmp_path)
+    result = run_nextflow(
+        ["run", str(REPO), "-profile", "test", "-stub", "--run_baselines", "--outdir", "results"], tmp_path
+    )
     assert result.returncode == 0, result.output[-4000:]
     processes = {r["process"].split(":")[-1] for r in latest_trace(tmp_path / "results")}
-    assert {"SAMPLESHEET_CHECK", "QC", "METACELLS", "AGGREGATE", "PEAK2GENE", "MULTIQC"} <= processes
+    assert {"SAMPLESHEET_CHECK", "QC", "METACELLS", "AGGREGATE", "PEAK2GENE", "EVALUATE", "BASELINES", "MULTIQC"} <= processes
     assert processes & {"TRAIN_VAE", "EMBED"}
 
 
