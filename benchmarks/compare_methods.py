@@ -95,7 +95,7 @@ def load_scicar():
             "genes_with_body": int(np.isfinite(var["start"].to_numpy(dtype=float)).sum())}
     log(f"sci-CAR: {mdata.n_obs} cells after QC, {mdata.mod['rna'].n_vars} genes ({info['genes_with_tss']} with "
         f"TSS, {info['genes_with_body']} with a body), {mdata.mod['atac'].n_vars} peaks")
-    return mdata, info
+    return mdata, info, None
 
 
 def load_sim(n_cells: int, n_genes: int, n_peaks: int, seed: int):
@@ -110,8 +110,9 @@ def load_sim(n_cells: int, n_genes: int, n_peaks: int, seed: int):
         mdata, report = apply_qc(mdata, sample="sim")
     info = {"n_cells": n_cells, "n_genes": n_genes, "n_peaks": n_peaks, "seed": seed, "qc": report.to_dict(),
             "cells_after_qc": int(mdata.n_obs), "states": mdata.obs["label"].value_counts().to_dict()}
+    info["planted_links"] = int(len(sim.links))
     log(f"simulated: {mdata.n_obs} cells, {mdata.mod['rna'].n_vars} genes, {mdata.mod['atac'].n_vars} peaks")
-    return mdata, info
+    return mdata, info, sim.links
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -151,7 +152,9 @@ def vae_z(mdata, seed: int, epochs: int, max_peaks: int, threads: int | None, ca
     z = vae_embed(model, data)
     info = {"seconds": time.perf_counter() - start, "dims": int(z.shape[1]), "epochs_run": history["epochs_run"],
             "best_epoch": history["best_epoch"], "seconds_per_epoch": history["seconds_per_epoch"],
-            "n_genes": int(data.n_genes), "n_peaks": int(data.n_peaks), "device": history["device"]}
+            "n_genes": int(data.n_genes), "n_peaks": int(data.n_peaks), "device": history["device"],
+            "rna_weight": model.config["rna_weight"], "atac_weight": model.config["atac_weight"],
+            "rna_likelihood": model.config["rna_likelihood"], "atac_likelihood": model.config["atac_likelihood"]}
     log(f"VAE: {info['epochs_run']} epochs ({info['seconds_per_epoch']:.1f} s each) on {data.n_genes} genes, "
         f"{data.n_peaks} peaks")
     if cache is not None:
@@ -185,7 +188,7 @@ def fastest(run, repeats: int):
     return min(results, key=lambda r: r.seconds), [round(r.seconds, 3) for r in results]
 
 
-def run_dataset(name: str, mdata, args) -> dict:
+def run_dataset(name: str, mdata, args, known_links=None) -> dict:
     n_cells = mdata.n_obs
     n_mc = max(2, int(round(n_cells / CELLS_PER_METACELL)))
     labels = mdata.obs["label"].astype(str).to_numpy(dtype=object)
@@ -225,7 +228,7 @@ def run_dataset(name: str, mdata, args) -> dict:
 
     start = time.perf_counter()
     table, details = baselines.compare(results, components, labels, mdata, window=100_000, n_null=0,
-                                       seed=args.seed)
+                                       seed=args.seed, known_links=known_links)
     timings["compare_s"] = time.perf_counter() - start
     order = [f"coem[{w}]" for w in zs] + ["seacells_rna", "seacells_atac"] + [f"archetypal_z[{w}]" for w in zs]
     table = table.loc[order]
@@ -250,6 +253,12 @@ def markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
 def print_dataset(name: str, res: dict) -> None:
     print(f"\n## {name}: {res['n_cells']} cells, {res['n_metacells_requested']} metacells requested\n")
     print(markdown(res["comparison"][TABLE_COLUMNS]))
+    known = [c for c in res["comparison"].columns if c.startswith("p2g_known_negative_")]
+    if known:
+        medians_r = {m: {f"median_r_{n}": d["peak_to_gene"][n].get("known_median_r") for n in d["peak_to_gene"]}
+                     for m, d in res["details"].items()}
+        print("\nPlanted (true) links only: fraction negative and median r:\n")
+        print(markdown(res["comparison"][known].join(pd.DataFrame(medians_r).T)))
     medians = pd.DataFrame({m: d["medians"] for m, d in res["details"].items()}).T.loc[res["comparison"].index]
     print("\nMedians over metacells (robust to metacells spanning disconnected parts of the diffusion graph):\n")
     print(markdown(medians[[c for c in MEDIAN_COLUMNS if c in medians.columns]]))
@@ -310,9 +319,9 @@ def main(argv=None) -> int:
     out = {"benchmark": "compare_methods", "params": vars(args), "versions": software_versions(
         baselines.seacells_versions()), "datasets": {}}
     for name in args.datasets:
-        mdata, info = load_scicar() if name == "scicar" else load_sim(args.sim_cells, args.sim_genes,
-                                                                      args.sim_peaks, args.sim_seed)
-        res = run_dataset(name, mdata, args)
+        mdata, info, links = load_scicar() if name == "scicar" else load_sim(
+            args.sim_cells, args.sim_genes, args.sim_peaks, args.sim_seed)
+        res = run_dataset(name, mdata, args, known_links=links)
         res["data"] = info
         print_dataset(name, res)
         sys.stdout.flush()

@@ -353,11 +353,15 @@ def has_gene_bodies(rna_var: pd.DataFrame) -> bool:
     return bool((start.notna() & end.notna()).any())
 
 
-def p2g_negative_fractions(mdata, metacells, window: int = 100_000, n_null: int = 0, seed: int = 0) -> dict:
+def p2g_negative_fractions(mdata, metacells, window: int = 100_000, n_null: int = 0, seed: int = 0,
+                           known_links: pd.DataFrame | None = None) -> dict:
     """Fraction of negative peak-to-gene correlations on one assignment's aggregated metacells,
     under each of ``P2G_DEFINITIONS``. Returns {definition: summary (``fraction_negative``,
     ``n_pairs`` ..., ``anchor_used``)}; a definition that cannot run (fewer than 3 metacells, no
-    TSS) gets ``fraction_negative`` NaN and the reason."""
+    TSS) gets ``fraction_negative`` NaN and the reason. ``mdata.obs`` gets a temporary column
+    (removed again). With ``known_links`` (columns ``gene``, ``peak``; e.g. the simulator's
+    planted links) the summary also holds ``known_fraction_negative``, ``known_median_r`` and
+    ``known_n_pairs`` over the tested pairs that are known links."""
     from coem.aggregate import aggregate_metacells
     from coem.peak2gene import peak_to_gene
 
@@ -374,13 +378,25 @@ def p2g_negative_fractions(mdata, metacells, window: int = 100_000, n_null: int 
     for name, definition in P2G_DEFINITIONS.items():
         anchor_used = definition["anchor"] if definition["anchor"] == "tss" or bodies else "tss (no gene bodies)"
         try:
-            _, summary = peak_to_gene(aggregated, window=window, n_null=n_null, seed=seed, **definition)
+            links, summary = peak_to_gene(aggregated, window=window, n_null=n_null, seed=seed, **definition)
+            if known_links is not None:
+                summary.update(known_link_stats(links, known_links))
         except CoemInputError as err:
             _log.warning("peak-to-gene %s skipped: %s", name, err)
             summary = {"fraction_negative": float("nan"), "n_pairs": 0, "skipped": str(err)}
         summary["anchor_used"] = anchor_used
         out[name] = summary
     return out
+
+
+def known_link_stats(links: pd.DataFrame, known_links: pd.DataFrame) -> dict:
+    """Sign and size of the correlations of tested pairs that are known (e.g. planted) links."""
+    known = links.merge(known_links[["gene", "peak"]].drop_duplicates(), on=["gene", "peak"])
+    r = known["r"].to_numpy(dtype=float)
+    r = r[np.isfinite(r)]
+    return {"known_n_pairs": int(r.size),
+            "known_fraction_negative": float((r < 0).mean()) if r.size else float("nan"),
+            "known_median_r": float(np.median(r)) if r.size else float("nan")}
 
 
 def _finite_or_nan(value) -> float:
@@ -412,6 +428,9 @@ def comparison_row(result: BaselineResult, ids, components, cell_labels, mdata=N
     p2g_summary = p2g_negative_fractions(mdata, ids, **p2g) if mdata is not None else {}
     for name in P2G_DEFINITIONS:
         row[f"p2g_negative_{name}"] = p2g_summary.get(name, {}).get("fraction_negative", float("nan"))
+    if p2g.get("known_links") is not None:
+        for name in P2G_DEFINITIONS:
+            row[f"p2g_known_negative_{name}"] = p2g_summary.get(name, {}).get("known_fraction_negative", float("nan"))
     row["seconds"] = result.seconds
     return row, {"metrics": summary, "medians": medians, "peak_to_gene": p2g_summary, "run": result.record()}
 
@@ -430,7 +449,7 @@ def compare(
     ``components``: {modality: diffusion components} computed once for all methods;
     ``assignments``: per-method metacell ids overriding ``results[m].names`` (e.g. COEM's own
     ``obs['metacell']``); ``mdata``: the per-cell MuData for peak-to-gene (skipped when None);
-    ``p2g``: ``window``, ``n_null``, ``seed`` for :func:`p2g_negative_fractions`.
+    ``p2g``: ``window``, ``n_null``, ``seed``, ``known_links`` for :func:`p2g_negative_fractions`.
     """
     rows, details = {}, {}
     for method, result in results.items():

@@ -160,13 +160,13 @@ def test_runtime_table_ratios():
 # --------------------------------------------------------------------------- peak-to-gene definitions
 
 
-def test_p2g_fractions_under_both_definitions(tiny_with_metacells):
+def test_p2g_fractions_under_both_definitions(tiny_with_metacells, tiny_sim):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mdata = tiny_with_metacells.copy()
     ids = mdata.obs["metacell"].to_numpy()
     obs_before = list(mdata.obs.columns)
-    out = baselines.p2g_negative_fractions(mdata, ids)
+    out = baselines.p2g_negative_fractions(mdata, ids, known_links=tiny_sim.links)
     assert list(mdata.obs.columns) == obs_before  # the temporary column is gone
     tss, body = out["pearson_tss"], out["spearman_body"]
     assert tss["method"] == "pearson" and tss["anchor"] == "tss" and tss["n_obs"] == 5
@@ -174,6 +174,9 @@ def test_p2g_fractions_under_both_definitions(tiny_with_metacells):
     assert 0 <= tss["fraction_negative"] <= 1 and 0 <= body["fraction_negative"] <= 1
     # a gene body +-100 kb contains its TSS +-100 kb window: never fewer candidate pairs
     assert body["n_candidate_pairs"] > tss["n_candidate_pairs"]
+    # planted links all lie within +-100 kb of their gene's TSS, so both windows test them
+    assert 0 < tss["known_n_pairs"] == body["known_n_pairs"] <= len(tiny_sim.links)
+    assert 0 <= tss["known_fraction_negative"] <= 1
 
     mdata.mod["rna"].var = mdata.mod["rna"].var.drop(columns=["start", "end"])
     fallback = baselines.p2g_negative_fractions(mdata, ids)["spearman_body"]
@@ -253,3 +256,14 @@ def test_cli_errors_name_the_problem(tiny_metacells_h5mu, tmp_path, capsys):
 
     rc = run_cli(main, ["--sample", "S", "--input", str(tmp_path / "missing.h5mu")])
     assert rc == 2 and "input file not found" in capsys.readouterr().err
+
+
+def test_known_link_stats_counts_only_known_tested_pairs():
+    links = pd.DataFrame({"gene": ["A", "A", "B", "C"], "peak": ["p1", "p2", "p3", "p4"],
+                          "r": [0.5, -0.2, np.nan, 0.9]})
+    known = pd.DataFrame({"gene": ["A", "A", "B", "Z"], "peak": ["p1", "p2", "p3", "p9"]})
+    stats = baselines.known_link_stats(links, known)
+    # p3 has no finite r and Z/p9 was never tested: 2 known pairs, one negative
+    assert stats == {"known_n_pairs": 2, "known_fraction_negative": 0.5, "known_median_r": pytest.approx(0.15)}
+    none = baselines.known_link_stats(links, known.iloc[3:])
+    assert none["known_n_pairs"] == 0 and np.isnan(none["known_fraction_negative"])
