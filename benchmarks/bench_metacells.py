@@ -11,6 +11,15 @@ printed as a sanity check. Results: a table on stdout and ``benchmarks/out/bench
 
     python benchmarks/bench_metacells.py                 # 10k and 100k cells
     python benchmarks/bench_metacells.py --cells 2000 20000 --dim 30
+
+``--quality`` instead compares designs at 10,000 cells on six simulated latents (seeds 0-2,
+dims 10 and 30): purity against the states, compactness and separation on diffusion
+components of z (``coem.metrics``), CPU seconds. Variants: ``exact`` (this tree's default at
+10k), ``partitioned`` (this tree's partitioned path forced at 10k, ``exact_max_cells=5000``)
+and ``before`` (``coem/graph.py`` and ``coem/metacells.py`` of ``--before-commit``, read with
+``git show``). Writes ``bench_metacells_quality.json``.
+
+    python benchmarks/bench_metacells.py --quality --before-commit f16979d
 """
 
 from __future__ import annotations
@@ -93,11 +102,62 @@ COLUMNS = ("n_cells", "spread", "strategy", "n_parts", "n_metacells", "min_size"
            "wall_s", "cpu_s", "tracemalloc_peak_mb", "maxrss_mb", "purity_mean")
 
 
-def print_table(rows: list[dict]) -> None:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
-    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths)))
+def print_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for r in rows:
-        print("  ".join(str(r[c]).rjust(w) for c, w in zip(COLUMNS, widths)))
+        print("  ".join(str(r[c]).rjust(w) for c, w in zip(columns, widths)))
+
+
+def _module_at_commit(commit: str):
+    """``coem.metacells`` as it was at ``commit`` (with that commit's ``coem.graph``), imported
+    from a temporary package so that it does not replace this tree's modules."""
+    import importlib
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="coem_before_"))
+    pkg = root / "coem_before"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("graph", "metacells"):
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:coem/{name}.py"], capture_output=True,
+                              text=True, check=True).stdout
+        (pkg / f"{name}.py").write_text(text.replace("from coem.graph import", "from coem_before.graph import"))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("coem_before.metacells")
+
+
+def quality_compare(args) -> list[dict]:
+    """Purity / compactness / separation / CPU of each variant on six simulated latents."""
+    import numpy as np
+
+    from coem import metacells, metrics
+    from coem.simulate import simulate_latent
+
+    before = _module_at_commit(args.before_commit) if args.before_commit else None
+    variants = {
+        "exact": lambda z: metacells.SpectralMetacells(n_metacells=133, seed=0).fit(z).labels_,
+        "partitioned": lambda z: metacells.SpectralMetacells(n_metacells=133, seed=0, exact_max_cells=5000)
+        .fit(z).labels_,
+    }
+    if before is not None:
+        variants["before"] = lambda z: before.SpectralMetacells(n_metacells=133, seed=0).fit(z).labels_
+    rows = []
+    for seed in (0, 1, 2):
+        for dim in (10, 30):
+            z, states = simulate_latent(10_000, dim=dim, n_states=10, seed=seed, spread=2.0)
+            components = metrics.diffusion_components(z)
+            for name, run in variants.items():
+                cpu = time.process_time()
+                labels = run(z)
+                cpu = time.process_time() - cpu
+                _, summary = metrics.evaluate_metacells(np.asarray(labels).astype(str), {"z": components}, states)
+                rows.append({"seed": seed, "dim": dim, "variant": name, "cpu_s": round(cpu, 1),
+                             "purity": round(summary["purity"]["mean"], 4),
+                             "compactness": float(f"{summary['compactness_z']['mean']:.4g}"),
+                             "separation": float(f"{summary['separation_z']['mean']:.4g}")})
+                print(rows[-1], file=sys.stderr, flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -109,8 +169,19 @@ def main(argv=None) -> int:
     parser.add_argument("--cells-per-metacell", type=float, default=75)
     parser.add_argument("--k", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quality", action="store_true", help="compare designs at 10k cells (see above)")
+    parser.add_argument("--before-commit", default="", help="with --quality: also run this commit's metacells")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quality:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            rows = quality_compare(args)
+        print_table(rows, ("seed", "dim", "variant", "cpu_s", "purity", "compactness", "separation"))
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "bench_metacells_quality.json").write_text(json.dumps(rows, indent=1))
+        return 0
     if args.child is not None:
         print(json.dumps(run_one(args.child, args.dim, args.states, args.spread, args.cells_per_metacell, args.k,
                                  args.seed)))

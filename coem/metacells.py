@@ -10,12 +10,26 @@ here the count is exact:
 - k-means returning fewer distinct clusters: the largest metacell is split at the median of
   its first principal axis until the count is reached.
 
-Large inputs (more than ``exact_max_cells``) are first cut into parts of about ``part_size``
-cells with MiniBatchKMeans on X; each part gets its share of metacells (largest remainder, so
-the total is exact) and is clustered by the exact path. Memory stays O(n * k) and time grows
-linearly with n. Why 10,000 / 5,000: with one metacell per 75 cells the eigenproblem and
+Large inputs (more than ``exact_max_cells``) take the partitioned path, near-linear in n
+with memory O(n * k):
+
+1. MiniBatchKMeans on X cuts the cells into parts of about ``part_size`` cells;
+2. every cell's neighbours are searched in its own part and the 3 parts next to it
+   (``coem.graph.partition_knn``), or globally with ``neighbours='global'`` (pynndescent);
+3. border cells move to the part holding most of their neighbours (``refine_partition``,
+   a few majority-vote sweeps), so that most of a small, separate group of cells that
+   k-means sliced between parts goes back to one part instead of leaving slivers that would
+   join a foreign metacell;
+4. each part gets its share of metacells (largest remainder, so the total is exact) and is
+   clustered like the exact path, on a kernel from exact kNN inside the part whose bandwidths
+   come from step 2 (which looks across the border).
+
+Why 10,000 cells and parts of about 1,000: with one metacell per 75 cells the eigenproblem and
 k-means both cost about n * m^2 with m proportional to n, i.e. n^3; measured single-threaded
-CPU time of the eigensolver was 0.6 s at 5,000 cells, 5 s at 10,000 and 60 s at 20,000.
+CPU time of the eigensolver was 0.6 s at 5,000 cells, 5 s at 10,000 and 60 s at 20,000, and
+0.03 s at 1,000. With parts of 1,000 the whole path costs about 0.1 s of CPU per 1,000 cells;
+at 10,000 cells its metacells were as pure and more compact than the exact path's, with
+slightly lower separation (docs/benchmarks.md), so the exact path stays the default there.
 """
 
 from __future__ import annotations
@@ -26,17 +40,27 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import eigh
 from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
 from coem._logging import get_logger
 from coem.errors import CoemInputError
-from coem.graph import knn, rbf_kernel
+from coem.graph import adaptive_bandwidth, knn, part_members, partition_knn, rbf_kernel
 
 _log = get_logger("coem.metacells")
 
 DENSE_EIGEN_MAX_CELLS = 1000
+EIGEN_TOL_FLOAT32 = 1e-5
+# k-means restarts on the spectral embedding: one restart was faster but lost purity at
+# 10,000 cells on some simulated latents (0.905 vs 0.916; docs/benchmarks.md).
+KMEANS_N_INIT = 3
+# Parts of the partitioned path: about this many metacells each, and at least MIN_PART_SIZE cells.
+METACELLS_PER_PART = 13
+MIN_PART_SIZE = 1_000
+REFINE_SWEEPS = 3
+FLAT_MAX_PARTS = 64
+NEIGHBOURS = ("parts", "global")
 
 
 class MetacellCountError(CoemInputError, ValueError):
@@ -114,6 +138,23 @@ def repair_count(labels: np.ndarray, X: np.ndarray, n_metacells: int) -> np.ndar
     return labels
 
 
+def _top_eigenvectors(A: sp.csr_matrix, n_vectors: int, seed: int) -> np.ndarray:
+    """The ``n_vectors`` largest-eigenvalue eigenvectors of the symmetric sparse A (ARPACK).
+
+    Single precision first: the Lanczos basis of ~2 x n_vectors columns is re-orthogonalised at
+    every step, which is bound by memory traffic, so float32 ran 2.8x faster (10,000 cells, 133
+    vectors: 2.0 s vs 5.6 s of CPU) and spanned the same subspace (smallest principal cosine
+    to the float64 result 1.00000). Double precision is the fallback if it does not converge.
+    """
+    v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, A.shape[0])
+    try:
+        _, vecs = eigsh(A.astype(np.float32), k=n_vectors, which="LA", v0=v0.astype(np.float32), tol=EIGEN_TOL_FLOAT32)
+    except ArpackNoConvergence:
+        _log.warning("single-precision eigensolver did not converge; retrying in double precision")
+        _, vecs = eigsh(A, k=n_vectors, which="LA", v0=v0, tol=1e-6)
+    return vecs.astype(np.float64)
+
+
 def _spectral_embedding(W: sp.csr_matrix, n_vectors: int, seed: int) -> np.ndarray:
     """Top eigenvectors of D^-1/2 W D^-1/2, rows normalised to unit length (NJW)."""
     n = W.shape[0]
@@ -123,8 +164,7 @@ def _spectral_embedding(W: sp.csr_matrix, n_vectors: int, seed: int) -> np.ndarr
     if n <= DENSE_EIGEN_MAX_CELLS or n_vectors >= n // 2:
         _, vecs = eigh(A.toarray(), subset_by_index=[n - n_vectors, n - 1])
     else:
-        v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
-        _, vecs = eigsh(A.tocsr(), k=n_vectors, which="LA", v0=v0, tol=1e-6)
+        vecs = _top_eigenvectors(A.tocsr(), n_vectors, seed)
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs / np.where(norms > 0, norms, 1.0)
 
@@ -137,7 +177,9 @@ def _spectral_connected(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed:
     if n_metacells == n:
         return np.arange(n, dtype=np.int64)
     U = _spectral_embedding(W, n_metacells, seed)
-    km = KMeans(n_clusters=n_metacells, n_init=3, random_state=seed)
+    # Elkan's k-means gives Lloyd's labels (same iterations) while skipping distances the
+    # triangle inequality rules out: 3.8 s instead of 6.0 s at 10,000 cells x 133 metacells.
+    km = KMeans(n_clusters=n_metacells, n_init=KMEANS_N_INIT, random_state=seed, algorithm="elkan")
     return repair_count(km.fit_predict(U), X, n_metacells)
 
 
@@ -159,23 +201,28 @@ def spectral_from_kernel(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed
     return relabel_by_first_occurrence(labels)
 
 
-def _spectral_exact(X: np.ndarray, n_metacells: int, k: int, seed: int, knn_method: str) -> np.ndarray:
-    """The exact path: one kNN graph and kernel over all of X."""
-    if n_metacells == X.shape[0]:
-        return np.arange(X.shape[0], dtype=np.int64)
-    idx, dist = knn(X, k=k, method=knn_method, seed=seed)
-    return spectral_from_kernel(rbf_kernel(idx, dist), X, n_metacells, seed)
-
-
 def coarse_partition(X: np.ndarray, part_size: int, seed: int) -> np.ndarray:
     """Parts of about ``part_size`` cells (MiniBatchKMeans); parts over 1.5x are cut again.
 
-    The cost inside a part grows as its size cubed, so oversized parts are what matter.
+    The cost inside a part grows as its size cubed, so oversized parts are what matter. More
+    than ``FLAT_MAX_PARTS`` parts are made in two levels (about sqrt(parts) groups, then each
+    group into its parts): MiniBatchKMeans costs n x clusters per pass, and one level of 1,035
+    clusters on 10^6 x 30 cells took 38 s of CPU.
     """
     n = X.shape[0]
     n_parts = max(1, int(np.ceil(n / part_size)))
     if n_parts == 1:
         return np.zeros(n, dtype=np.int64)
+    if n_parts > FLAT_MAX_PARTS:
+        groups = MiniBatchKMeans(n_clusters=int(np.ceil(np.sqrt(n_parts))), random_state=seed, n_init=3,
+                                 batch_size=4096).fit_predict(X)
+        parts = np.empty(n, dtype=np.int64)
+        offset = 0
+        for members in part_members(groups):
+            sub = coarse_partition(X[members], part_size, seed)
+            parts[members] = sub + offset
+            offset += int(sub.max()) + 1
+        return relabel_by_first_occurrence(parts)
     km = MiniBatchKMeans(n_clusters=n_parts, random_state=seed, n_init=3, batch_size=4096)
     parts = relabel_by_first_occurrence(km.fit_predict(X))
     sizes = np.bincount(parts)
@@ -184,6 +231,57 @@ def coarse_partition(X: np.ndarray, part_size: int, seed: int) -> np.ndarray:
         sub = coarse_partition(X[members], part_size, seed)
         parts[members[sub > 0]] = parts.max() + sub[sub > 0]
     return relabel_by_first_occurrence(parts)
+
+
+def refine_partition(parts: np.ndarray, indices: np.ndarray, sweeps: int = REFINE_SWEEPS) -> tuple[np.ndarray, int]:
+    """Move every cell to the part that holds most of its neighbours (self included).
+
+    A cell moves only when another part holds strictly more of its neighbours than its own
+    (ties stay), for at most ``sweeps`` synchronous sweeps, stopping early when nothing moves.
+    This puts back most of a small group that k-means sliced between parts: its cells'
+    neighbours are mostly each other, wherever the slices went. (Moving whole connected
+    fragments instead was tried and did worse on such groups: one stray neighbour edge glues a
+    fragment to its host.) Returns the parts (renumbered by first cell, empty parts dropped)
+    and the number of cells that moved in total.
+    """
+    parts = np.asarray(parts, dtype=np.int64).copy()
+    indices = np.asarray(indices)
+    start = parts.copy()
+    for _ in range(int(sweeps)):
+        best, best_count = _row_mode(parts[indices])
+        moved = best_count > (parts[indices] == parts[:, None]).sum(axis=1)
+        if not moved.any():
+            break
+        parts[moved] = best[moved]
+    return relabel_by_first_occurrence(parts), int((parts != start).sum())
+
+
+def _row_mode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The most frequent value of each row (the smallest on ties) and how often it occurs."""
+    v = np.sort(values, axis=1)
+    n, k = v.shape
+    new_run = np.ones((n, k), dtype=bool)
+    new_run[:, 1:] = v[:, 1:] != v[:, :-1]
+    run_id = np.cumsum(new_run, axis=1) - 1
+    # Length of the run each entry belongs to: count entries per (row, run).
+    flat = (np.arange(n)[:, None] * k + run_id).ravel()
+    length = np.bincount(flat, minlength=n * k).reshape(n, k)
+    best_run = np.argmax(length, axis=1)  # first (smallest value) among equally long runs
+    first = np.argmax(run_id == best_run[:, None], axis=1)
+    return v[np.arange(n), first], length[np.arange(n), best_run]
+
+
+def default_part_size(n_cells: int, n_metacells: int) -> int:
+    """About ``METACELLS_PER_PART`` metacells per part, and at least ``MIN_PART_SIZE`` cells."""
+    return max(MIN_PART_SIZE, int(round(METACELLS_PER_PART * n_cells / n_metacells)))
+
+
+def _spectral_part(X: np.ndarray, n_metacells: int, k: int, seed: int, sigma: np.ndarray) -> np.ndarray:
+    """One part: exact kNN inside it, the kernel with the given bandwidths, then the spectral step."""
+    if n_metacells == X.shape[0]:
+        return np.arange(X.shape[0], dtype=np.int64)
+    idx, dist = knn(X, k=k, method="exact")
+    return spectral_from_kernel(rbf_kernel(idx, dist, sigma=sigma), X, n_metacells, seed)
 
 
 def size_summary(labels: np.ndarray) -> dict:
@@ -209,8 +307,14 @@ class SpectralMetacells:
     """Spectral clustering of the SEACells kernel into exactly ``n_metacells`` metacells.
 
     ``fit(X)`` sets ``labels_`` (0..n-1, numbered in order of first cell), ``names_``
-    (``MC00001`` ...), ``n_metacells_``, ``summary_`` (sizes), ``seconds_`` and ``strategy_``
-    ('exact' or 'partitioned'; the latter also sets ``parts_`` and ``n_parts_``).
+    (``MC00001`` ...), ``n_metacells_``, ``summary_`` (sizes), ``seconds_``, ``timings_``
+    (seconds per stage) and ``strategy_`` ('exact' or 'partitioned'; the latter also sets
+    ``parts_``, ``n_parts_``, ``part_size_`` and ``n_moved_``, the cells moved across borders).
+
+    ``part_size`` None: ``default_part_size`` (about 13 metacells, at least 1,000 cells).
+    ``neighbours`` (partitioned path): 'parts' searches each cell's own and next nearest part
+    (``partition_knn``); 'global' uses ``knn(method=knn_method)`` over all cells, i.e.
+    pynndescent from ``AUTO_APPROX_MIN_CELLS`` cells (three times the CPU time at 10^6 cells).
     """
 
     def __init__(
@@ -220,9 +324,10 @@ class SpectralMetacells:
         k: int = 15,
         seed: int = 0,
         exact_max_cells: int = 10_000,
-        part_size: int = 5_000,
+        part_size: int | None = None,
         knn_method: str = "auto",
         n_threads: int | None = 1,
+        neighbours: str = "parts",
     ):
         self.n_metacells = n_metacells
         self.cells_per_metacell = cells_per_metacell
@@ -232,6 +337,7 @@ class SpectralMetacells:
         self.part_size = part_size
         self.knn_method = knn_method
         self.n_threads = n_threads
+        self.neighbours = neighbours
 
     def fit(self, X) -> "SpectralMetacells":
         """Cluster X (cells x dims) into exactly the resolved number of metacells.
@@ -253,12 +359,15 @@ class SpectralMetacells:
             raise CoemInputError("the embedding contains NaN or infinite values")
         if int(self.k) < 2:
             raise CoemInputError(f"k must be at least 2 (self plus one neighbour), got {self.k}")
+        if self.neighbours not in NEIGHBOURS:
+            raise CoemInputError(f"neighbours must be one of {', '.join(NEIGHBOURS)}, got {self.neighbours!r}")
         n = X.shape[0]
         n_mc = resolve_n_metacells(n, self.n_metacells, self.cells_per_metacell)
+        self.timings_ = {}
         start = time.perf_counter()
         if n <= self.exact_max_cells:
             self.strategy_ = "exact"
-            labels = _spectral_exact(X, n_mc, self.k, self.seed, self.knn_method)
+            labels = self._fit_exact(X, n_mc)
         else:
             self.strategy_ = "partitioned"
             labels = self._fit_partitioned(X, n_mc)
@@ -276,9 +385,33 @@ class SpectralMetacells:
             _log.warning("%d metacells hold a single cell (outliers far from every other cell)", s["n_singletons"])
         return self
 
+    def _stage(self, name: str, since: float, message: str = "", *args) -> float:
+        """Record and log the seconds of one stage; returns the time now (the next stage's start)."""
+        now = time.perf_counter()
+        self.timings_[name] = round(now - since, 3)
+        _log.info("%s: %.1f s" + (f"; {message}" if message else ""), name, now - since, *args)
+        return now
+
+    def _fit_exact(self, X: np.ndarray, n_mc: int) -> np.ndarray:
+        """One kNN graph and kernel over all of X, then the spectral step."""
+        if n_mc == X.shape[0]:
+            return np.arange(X.shape[0], dtype=np.int64)
+        since = time.perf_counter()
+        idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self.seed)
+        W = rbf_kernel(idx, dist)
+        since = self._stage("neighbours", since, "kNN graph and kernel over %d cells", X.shape[0])
+        labels = spectral_from_kernel(W, X, n_mc, self.seed)
+        self._stage("spectral", since)
+        return labels
+
     def _fit_partitioned(self, X: np.ndarray, n_mc: int) -> np.ndarray:
-        """Coarse parts, metacells allotted by size, the exact path inside each part."""
-        parts = coarse_partition(X, self.part_size, self.seed)
+        """Coarse parts, border cells moved by their neighbours, the spectral step inside each part."""
+        n = X.shape[0]
+        self.part_size_ = int(self.part_size or default_part_size(n, n_mc))
+        since = time.perf_counter()
+        parts = coarse_partition(X, self.part_size_, self.seed)
+        since = self._stage("partition", since, "%d parts of about %d cells", parts.max() + 1, self.part_size_)
+        self.n_moved_ = 0
         if parts.max() + 1 > n_mc:
             # Metacells larger than a part (thousands of cells each): the coarse clusters, n_mc
             # of them, are the metacells.
@@ -286,12 +419,21 @@ class SpectralMetacells:
             labels = repair_count(km.fit_predict(X), X, n_mc)
             self.parts_, self.n_parts_ = labels, n_mc
             return labels
+        if self.neighbours == "parts":
+            idx, dist = partition_knn(X, parts, self.k)
+        else:
+            idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self.seed)
+        since = self._stage("neighbours", since, "%s", self.neighbours)
+        parts, self.n_moved_ = refine_partition(parts, idx)
+        sigma = adaptive_bandwidth(dist)
+        del idx, dist
+        since = self._stage("refine", since, "%d cells moved to the part of most of their neighbours", self.n_moved_)
         shares = allot(np.bincount(parts), n_mc)
         self.parts_, self.n_parts_ = parts, int(shares.size)
-        labels = np.empty(X.shape[0], dtype=np.int64)
+        labels = np.empty(n, dtype=np.int64)
         offset = 0
-        for p, share in enumerate(shares):
-            members = np.flatnonzero(parts == p)
-            labels[members] = _spectral_exact(X[members], int(share), self.k, self.seed, self.knn_method) + offset
+        for members, share in zip(part_members(parts), shares):
+            labels[members] = _spectral_part(X[members], int(share), self.k, self.seed, sigma[members]) + offset
             offset += int(share)
+        self._stage("spectral", since, "%d parts", shares.size)
         return labels

@@ -49,6 +49,14 @@ def build_parser():
                        help="metacells = round(cells / this) (default 75, SEACells' rule of thumb)")
     count.add_argument("--n-metacells", type=int, default=None, help="exact number of metacells")
     parser.add_argument("--k", type=int, default=15, help="nearest neighbours of the kernel graph (default 15)")
+    parser.add_argument("--exact-max-cells", type=int, default=10_000,
+                        help="up to this many cells one kernel over all cells; above it the partitioned path "
+                             "(default 10000)")
+    parser.add_argument("--part-size", type=int, default=None,
+                        help="cells per part of the partitioned path (default: about 13 metacells, at least 1000)")
+    parser.add_argument("--neighbours", choices=("parts", "global"), default="parts",
+                        help="partitioned path: search neighbours across part borders in the next parts ('parts', "
+                             "default) or over all cells with pynndescent ('global', slower)")
     parser.add_argument("--embedding-key", default="X_embedding", help="obsm key of the embedding")
     parser.add_argument("--label-key", default="label", help="obs column of cell labels (for the sizes table)")
     return parser
@@ -65,6 +73,10 @@ def _embedding(mdata, key: str, sample: str, path: str) -> np.ndarray:
 def _check_args(args) -> None:
     if args.k < 2:
         raise CoemInputError(f"--k must be at least 2, got {args.k}", sample=args.sample)
+    if args.exact_max_cells < 1:
+        raise CoemInputError(f"--exact-max-cells must be at least 1, got {args.exact_max_cells}", sample=args.sample)
+    if args.part_size is not None and args.part_size < 2:
+        raise CoemInputError(f"--part-size must be at least 2, got {args.part_size}", sample=args.sample)
     if args.n_metacells is None and args.cells_per_metacell <= 0:
         raise CoemInputError(f"--cells-per-metacell must be positive, got {args.cells_per_metacell}",
                              sample=args.sample)
@@ -107,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
-                              k=args.k, seed=args.seed)
+                              k=args.k, seed=args.seed, exact_max_cells=args.exact_max_cells,
+                              part_size=args.part_size, neighbours=args.neighbours)
     try:
         model.fit(X)
     except CoemInputError as err:
@@ -122,9 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     row = summary_row(model.summary_, timings["metacells_s"])
     write_multiqc(prefix, args.sample, row, table["size"].to_numpy())
     params = {"n_metacells": args.n_metacells, "cells_per_metacell": args.cells_per_metacell, "k": args.k,
+              "exact_max_cells": args.exact_max_cells, "part_size": args.part_size, "neighbours": args.neighbours,
               "embedding_key": args.embedding_key, "input": args.input}
-    record_step(mdata, STEP, params, seed=args.seed, timings=timings, summary=model.summary_,
-                strategy=model.strategy_)
+    extra = {"n_parts": model.n_parts_, "part_size": model.part_size_, "n_moved": model.n_moved_} \
+        if model.strategy_ == "partitioned" else {}
+    record_step(mdata, STEP, params, seed=args.seed, timings={**timings, **model.timings_}, summary=model.summary_,
+                strategy=model.strategy_, **extra)
     write_versions_yml("versions.yml", args.process_name or "COEM_METACELLS")
     write_mudata_atomically(mdata, Path(f"{prefix}.metacells.h5mu"))
     log.info("wrote %s.metacells.h5mu, sizes and MultiQC content in %.2f s", prefix, time.perf_counter() - start)

@@ -39,7 +39,7 @@ def test_knn_hand_case():
     assert dist.tolist() == [[0, 1, 3], [0, 1, 2], [0, 1, 2], [0, 1, 3], [0, 2, 4], [0, 2, 6]]
 
 
-def test_knn_approx_uses_registered_backend_and_falls_back_without_one():
+def test_knn_approx_uses_registered_backend_and_falls_back_without_one(monkeypatch):
     X = np.random.default_rng(1).normal(size=(30, 3))
     calls = []
 
@@ -47,16 +47,125 @@ def test_knn_approx_uses_registered_backend_and_falls_back_without_one():
         calls.append((data.shape, k, seed))
         return graph._exact_knn(data, k)
 
+    previous = graph.approx_knn_backend()
     graph.register_approx_knn(fake)
     try:
         idx, _ = knn(X, k=4, method="approx", seed=7)
         assert calls == [((30, 3), 4, 7)]
         knn(X, k=4, method="auto")  # below AUTO_APPROX_MIN_CELLS: exact, backend not called
         assert len(calls) == 1
-    finally:
+        monkeypatch.setattr(graph, "AUTO_APPROX_MIN_CELLS", 30)
+        knn(X, k=4, method="auto", seed=2)  # at the threshold: the backend
+        assert calls[-1] == ((30, 3), 4, 2)
         graph.register_approx_knn(None)
-    idx2, _ = knn(X, k=4, method="approx")  # no backend: exact with a warning
-    assert np.array_equal(idx, idx2)
+        idx2, _ = knn(X, k=4, method="approx")  # no backend: exact with a warning
+        assert np.array_equal(idx, idx2)
+    finally:
+        graph.register_approx_knn(previous)
+
+
+def test_pynndescent_is_the_default_backend_when_installed():
+    import importlib.util
+
+    expected = graph.pynndescent_knn if importlib.util.find_spec("pynndescent") else None
+    assert graph.approx_knn_backend() is expected
+
+
+def test_self_first_moves_self_to_front_and_drops_the_last_when_missing():
+    indices = np.array([[1, 0, 2, 3], [2, 0, 3, 1], [0, 1, 2, 3]])
+    distances = np.array([[0.0, 0.0, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    idx, dist = graph.self_first(indices, distances, 3)
+    assert idx.tolist() == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    assert dist.tolist() == [[0, 0, 1], [0, 1, 2], [0, 5, 6]]  # row 1: self was missing, last entry dropped
+
+
+def test_pynndescent_wrapper_passes_seed_single_thread_and_restores_numba(monkeypatch):
+    """A stand-in NNDescent: the wrapper's own logic, without 60 s of numba compilation."""
+    import sys
+    import types
+
+    import numba
+
+    seen = {}
+
+    class FakeIndex:
+        def __init__(self, data, **kwargs):
+            seen.update(kwargs, dtype=data.dtype)
+            numba.set_num_threads(1)  # as pynndescent does with n_jobs=1
+            n = data.shape[0]
+            # Self second in every list, then the next cells in order.
+            self.neighbor_graph = (np.stack([(np.arange(n) + j - 1) % n for j in range(kwargs["n_neighbors"])], 1),
+                                   np.tile(np.arange(kwargs["n_neighbors"], dtype=np.float32), (n, 1)))
+
+    monkeypatch.setitem(sys.modules, "pynndescent", types.SimpleNamespace(NNDescent=FakeIndex))
+    threads = numba.get_num_threads()
+    idx, dist = graph.pynndescent_knn(np.zeros((40, 3)), 4, 9)
+    assert seen["random_state"] == 9 and seen["n_jobs"] == 1 and seen["n_neighbors"] == 4 + graph.ANN_EXTRA_NEIGHBOURS
+    assert seen["dtype"] == np.float32
+    assert numba.get_num_threads() == threads
+    assert idx[5].tolist() == [5, 4, 6, 7] and dist[5].tolist() == [0, 0, 2, 3]
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("COEM_SLOW_TESTS"),
+                    reason="pynndescent compiles its numba kernels for about 60 s of CPU in every process; "
+                           "set COEM_SLOW_TESTS=1 to run (benchmarks/bench_scale.py measures recall on 10^5 cells)")
+def test_pynndescent_recall_and_determinism():
+    X = np.random.default_rng(5).normal(size=(3000, 10))
+    idx, _ = graph.pynndescent_knn(X, 15, 0)
+    exact, _ = knn(X, k=15, method="exact")
+    assert np.mean([np.intersect1d(a, b).size for a, b in zip(idx, exact)]) / 15 >= 0.9
+    assert np.array_equal(idx, graph.pynndescent_knn(X, 15, 0)[0])
+
+
+# ----------------------------------------------------------------------------- partition_knn
+
+
+def _grid_parts(X: np.ndarray, n_parts: int) -> np.ndarray:
+    """Parts by rank of the first coordinate: slabs, so that borders are known."""
+    return (np.argsort(np.argsort(X[:, 0])) * n_parts // X.shape[0]).astype(np.int64)
+
+
+def test_partition_knn_is_exact_when_every_part_is_probed():
+    X = np.random.default_rng(6).normal(size=(400, 4))
+    parts = _grid_parts(X, 2)
+    idx, dist = graph.partition_knn(X, parts, k=8, probes=2)
+    exact_idx, exact_dist = knn(X, k=8, method="exact")
+    assert np.array_equal(idx, exact_idx)
+    np.testing.assert_allclose(dist, exact_dist, atol=1e-9)
+
+
+def test_partition_knn_recall_at_least_0_9_with_a_border_probe():
+    X = np.random.default_rng(7).normal(size=(3000, 5))
+    parts = _grid_parts(X, 8)
+    exact, _ = knn(X, k=15, method="exact")
+    own_only, _ = graph.partition_knn(X, parts, k=15, probes=1)
+    idx, dist = graph.partition_knn(X, parts, k=15)
+    recall = np.mean([np.intersect1d(a, b).size for a, b in zip(idx, exact)]) / 15
+    recall_own = np.mean([np.intersect1d(a, b).size for a, b in zip(own_only, exact)]) / 15
+    assert recall >= 0.9 and recall > recall_own  # the probes find the neighbours across borders
+    assert np.array_equal(idx[:, 0], np.arange(3000)) and np.all(np.diff(dist, axis=1) >= 0)
+    assert np.array_equal(idx, graph.partition_knn(X, parts, k=15)[0])
+
+
+def test_partition_knn_searches_everything_for_cells_of_tiny_parts():
+    X = np.random.default_rng(8).normal(size=(30, 2))
+    parts = np.arange(30) % 10  # parts of 3 cells: two probed parts hold fewer than k=8
+    idx, _ = graph.partition_knn(X, parts, k=8, probes=2)
+    assert np.array_equal(idx, knn(X, k=8, method="exact")[0])
+    with pytest.raises(ValueError, match="probes must be at least 1"):
+        graph.partition_knn(X, parts, k=8, probes=0)
+
+
+def test_rbf_kernel_with_given_bandwidths():
+    idx, dist = knn(LINE, k=3)
+    sigma = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 4.0])
+    W = rbf_kernel(idx, dist, sigma=sigma).toarray()
+    assert W[0, 1] == pytest.approx(np.exp(-1 / 2)) and W[4, 5] == pytest.approx(np.exp(-4 / 4))
+    assert W[1, 0] == W[0, 1] and W[3, 4] == pytest.approx(np.exp(-16 / 1))
+    with pytest.raises(ValueError, match="one positive bandwidth per cell"):
+        rbf_kernel(idx, dist, sigma=np.ones(5))
+    with pytest.raises(ValueError, match="one positive bandwidth per cell"):
+        rbf_kernel(idx, dist, sigma=np.zeros(6))
 
 
 def test_knn_rejects_bad_arguments():

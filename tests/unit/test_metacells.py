@@ -15,10 +15,14 @@ from sklearn.metrics import adjusted_rand_score
 
 from coem.errors import CoemInputError
 from coem.graph import knn, rbf_kernel
+from coem import metacells
 from coem.metacells import (
     SpectralMetacells,
     allot,
+    coarse_partition,
+    default_part_size,
     metacell_names,
+    refine_partition,
     repair_count,
     resolve_n_metacells,
     size_summary,
@@ -148,6 +152,83 @@ def test_partitioned_path_with_fewer_metacells_than_parts():
     _check_exact(model.labels_, 2)
 
 
+@pytest.mark.parametrize("neighbours", ["parts", "global"])
+def test_partitioned_path_is_exact_for_both_neighbour_designs(neighbours):
+    X, _ = _blobs(100, 5, 5, gap=3.0, seed=8)
+    model = SpectralMetacells(n_metacells=31, seed=1, exact_max_cells=200, part_size=100,
+                              neighbours=neighbours).fit(X)
+    _check_exact(model.labels_, 31)
+    assert set(model.timings_) == {"partition", "neighbours", "refine", "spectral"}
+
+
+def test_partitioned_path_on_12k_cells_default_settings():
+    """Above exact_max_cells (10,000) with every default: parts of about 1,000 cells.
+
+    States 8 sd apart in 5-D (simulate_latent): every metacell should hold one state.
+    """
+    from coem.simulate import simulate_latent
+
+    z, states = simulate_latent(12_000, dim=5, n_states=6, seed=3, spread=8.0)
+    model = SpectralMetacells(seed=0).fit(z)
+    assert model.strategy_ == "partitioned" and model.part_size_ == 1000
+    _check_exact(model.labels_, 160)  # round(12,000 / 75)
+    assert 10 <= model.n_parts_ <= 16
+    assert all(len(set(model.parts_[model.labels_ == m])) == 1 for m in range(0, 160, 7))
+    purity = pd.crosstab(model.labels_, states).max(axis=1).sum() / z.shape[0]
+    assert purity >= 0.99
+    assert model.summary_["min_size"] >= 15 and model.summary_["max_size"] <= 250
+
+
+def test_default_part_size_holds_about_13_metacells_and_at_least_1000_cells():
+    assert default_part_size(1_000_000, 13_333) == 1000  # 975 -> the floor
+    assert default_part_size(100_000, 500) == 2600
+    assert default_part_size(5_000, 5_000) == 1000
+
+
+def test_coarse_partition_two_levels_above_flat_max_parts(monkeypatch):
+    X = np.random.default_rng(9).normal(size=(1200, 3))
+    monkeypatch.setattr(metacells, "FLAT_MAX_PARTS", 4)
+    parts = coarse_partition(X, 100, seed=0)
+    sizes = np.bincount(parts)
+    assert sizes.sum() == 1200 and sizes.min() > 0
+    assert 12 <= sizes.size <= 24 and sizes.max() <= 1.5 * 100
+
+
+def test_refine_partition_moves_a_sliver_to_the_part_of_its_neighbours():
+    """Cells 0-5 form a group; k-means put 0-1 (a sliver) in part 1 with cells 6-9."""
+    idx = np.array([
+        [0, 2, 3, 4], [1, 2, 4, 5], [2, 3, 4, 0], [3, 2, 5, 1], [4, 5, 2, 1], [5, 4, 3, 2],
+        [6, 7, 8, 9], [7, 6, 8, 9], [8, 9, 7, 6], [9, 8, 6, 1],
+    ])
+    parts = np.array([1, 1, 0, 0, 0, 0, 1, 1, 1, 1])
+    refined, moved = refine_partition(parts, idx)
+    assert moved == 2
+    assert refined.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    # A tie (two neighbours in each part) stays where it is.
+    tie = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [2, 3, 0, 1], [3, 2, 1, 0]])
+    assert refine_partition(np.array([0, 0, 1, 1]), tie) == (pytest.approx([0, 0, 1, 1]), 0)
+
+
+def test_row_mode_prefers_the_smallest_value_on_ties():
+    mode, count = metacells._row_mode(np.array([[3, 1, 3, 2], [5, 5, 4, 4], [7, 7, 7, 7]]))
+    assert mode.tolist() == [3, 4, 7] and count.tolist() == [2, 2, 4]
+
+
+def test_single_precision_eigenvectors_span_the_exact_subspace():
+    """ARPACK in float32 against LAPACK in float64 on a 1,200-cell kernel (20 vectors)."""
+    from scipy.linalg import eigh
+    import scipy.sparse as sps
+
+    X = np.random.default_rng(10).normal(size=(1200, 3))
+    W = rbf_kernel(*knn(X, k=15))
+    dinv = 1 / np.sqrt(np.asarray(W.sum(axis=1)).ravel())
+    A = sps.diags(dinv) @ W @ sps.diags(dinv)
+    approx = metacells._top_eigenvectors(A.tocsr(), 20, seed=0)
+    _, exact = eigh(A.toarray(), subset_by_index=[1200 - 20, 1199])
+    cosines = np.linalg.svd(exact.T @ approx, compute_uv=False)
+    assert approx.dtype == np.float64 and cosines.min() > 0.999
+
+
 def test_singletons_are_reported_with_a_warning(caplog):
     X = np.random.default_rng(6).normal(size=(12, 2))
     logger = logging.getLogger("coem.metacells")
@@ -167,6 +248,8 @@ def test_fit_rejects_bad_embeddings():
         SpectralMetacells(n_metacells=5).fit(np.zeros((3, 2)))
     with pytest.raises(CoemInputError, match="k must be at least 2"):
         SpectralMetacells(n_metacells=2, k=1).fit(np.zeros((3, 2)))
+    with pytest.raises(CoemInputError, match="neighbours must be one of parts, global, got 'ann'"):
+        SpectralMetacells(n_metacells=2, neighbours="ann").fit(np.zeros((3, 2)))
 
 
 # ----------------------------------------------------------------------------- command
@@ -245,3 +328,30 @@ def test_cli_missing_embedding_is_a_user_error(tmp_path, tiny_sim, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert run_cli(main, ["--sample", "S2", "--input", str(path)]) == 2
     assert "obsm has no 'X_embedding'" in capsys.readouterr().err
+
+
+def test_cli_partitioned_path_records_its_design(tmp_path, embedded_h5mu, monkeypatch):
+    import mudata
+
+    from coem.cli.metacells import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--sample", "S1", "--input", str(embedded_h5mu), "--prefix", "P", "--n-metacells", "6",
+                 "--exact-max-cells", "100", "--part-size", "60", "--neighbours", "global"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        out = mudata.read_h5mu("P.metacells.h5mu")
+    assert out.obs["metacell"].nunique() == 6
+    record = json.loads(out.uns["coem"]["metacells"])
+    assert record["strategy"] == "partitioned" and record["params"]["neighbours"] == "global"
+    assert record["part_size"] == 60 and record["n_parts"] >= 3
+    assert {"partition", "neighbours", "refine", "spectral", "metacells_s"} <= set(record["timings"])
+
+
+def test_cli_rejects_a_part_size_below_two(tmp_path, embedded_h5mu, monkeypatch, capsys):
+    from coem.cli._common import run_cli
+    from coem.cli.metacells import main
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--sample", "S3", "--input", str(embedded_h5mu), "--part-size", "1"]) == 2
+    assert "--part-size must be at least 2, got 1" in capsys.readouterr().err
