@@ -51,7 +51,8 @@ def load_simulated(n_cells: int, seed: int):
     return sim.mdata, {}
 
 
-def vae_embedding(qc_path: Path, workdir: Path, epochs: int, seed: int, threads: int) -> tuple[np.ndarray, dict]:
+def vae_embedding(qc_path: Path, workdir: Path, epochs: int, seed: int, threads: int,
+                  extra: list[str] = ()) -> tuple[np.ndarray, dict]:
     """Train with the pipeline's own command, so this measures exactly what the pipeline runs."""
     import mudata
 
@@ -59,10 +60,14 @@ def vae_embedding(qc_path: Path, workdir: Path, epochs: int, seed: int, threads:
 
     start = time.perf_counter()
     train_main(["--sample", "ablation", "--input", str(qc_path), "--prefix", str(workdir / "ablation"),
-                "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--threads", str(threads)])
+                "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--threads", str(threads), *extra])
     seconds = time.perf_counter() - start
     embedded = mudata.read_h5mu(workdir / "ablation.embed.h5mu")
-    return np.asarray(embedded.obsm["X_embedding"]), {"seconds": round(seconds, 1), "epochs_max": epochs}
+    record = json.loads(embedded.uns["coem"]["embed"])
+    return np.asarray(embedded.obsm["X_embedding"]), {
+        "seconds": round(seconds, 1), "epochs_max": epochs, "args": " ".join(extra),
+        "epochs_run": record["epochs_run"], "best_epoch": record["best_epoch"],
+        "n_peaks_used": record["n_peaks_used"], "seconds_per_epoch": record["seconds_per_epoch"]}
 
 
 def metacell_purity(X: np.ndarray, labels: np.ndarray, n_metacells: int, seed: int) -> dict:
@@ -85,6 +90,11 @@ def main() -> None:
     parser.add_argument("--cells-per-metacell", type=int, default=75)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vae", action="append", metavar="NAME=ARGS", default=None,
+                        help="a VAE variant: a name and extra coem_train_vae.py arguments, e.g. "
+                             "'norm=--input-transform log1p_norm' (repeatable; default: one 'vae' with the defaults)")
+    parser.add_argument("--skip-baselines", action="store_true", help="only the VAE variants")
+    parser.add_argument("--out", default=None, help="file name under benchmarks/out/")
     args = parser.parse_args()
 
     import torch
@@ -104,30 +114,38 @@ def main() -> None:
     n_metacells = max(1, round(filtered.n_obs / args.cells_per_metacell))
     print(f"{args.dataset}: {report.cells_before} cells -> {filtered.n_obs} after QC; {n_metacells} metacells")
 
-    joint, info = pca_lsi_embedding(filtered, seed=args.seed)
-    embeddings = {"pca_lsi": joint, "rna_only": info["X_pca"], "atac_only": info["X_lsi"]}
+    embeddings, vae_infos = {}, {}
+    variants = [v.split("=", 1) if "=" in v else (v, "") for v in (args.vae or ["vae="])]
     with tempfile.TemporaryDirectory() as tmp:
         qc_path = Path(tmp) / "qc.h5mu"
         filtered.write(qc_path)
-        z, vae_info = vae_embedding(qc_path, Path(tmp), args.epochs, args.seed, args.threads)
-    embeddings = {"vae": z, **embeddings}
+        for name, extra in variants:
+            print(f"training VAE '{name}' ({extra or 'defaults'}) ...", flush=True)
+            embeddings[name], vae_infos[name] = vae_embedding(qc_path, Path(tmp), args.epochs, args.seed,
+                                                              args.threads, extra.split())
+    if not args.skip_baselines:
+        joint, info = pca_lsi_embedding(filtered, seed=args.seed)
+        embeddings.update({"pca_lsi": joint, "rna_only": info["X_pca"], "atac_only": info["X_lsi"]})
 
     rows = {}
     for name, X in embeddings.items():
         rows[name] = metacell_purity(np.asarray(X, dtype=np.float32), labels, n_metacells, args.seed)
         rows[name]["dims"] = int(np.asarray(X).shape[1])
-    rows["vae"]["train_seconds"] = vae_info["seconds"]
+        if name in vae_infos:
+            rows[name].update({"train_seconds": vae_infos[name]["seconds"], "vae": vae_infos[name]})
 
     print(f"\n{'embedding':<10} {'dims':>5} {'metacells':>9} {'purity':>14} {'spectral s':>10}")
     for name, row in rows.items():
         print(f"{name:<10} {row['dims']:>5} {row['n_metacells']:>9} {row['purity_mean']:>7.3f} ± {row['purity_sd']:.3f}"
               f" {row['metacell_seconds']:>10}")
-    print(f"VAE training: {vae_info['seconds']} s on CPU ({args.threads} threads)")
+    for name, info in vae_infos.items():
+        print(f"VAE '{name}' ({info['args'] or 'defaults'}): {info['epochs_run']} epochs (best {info['best_epoch']}), "
+              f"{info['n_peaks_used']} peaks, {info['seconds']} s on CPU ({args.threads} threads)")
     out = REPO / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     result = {"dataset": args.dataset, "cells_after_qc": int(filtered.n_obs), "n_metacells": n_metacells,
               "seed": args.seed, "epochs_max": args.epochs, "rows": rows}
-    (out / f"embedding_ablation_{args.dataset}.json").write_text(json.dumps(result, indent=1))
+    (out / (args.out or f"embedding_ablation_{args.dataset}.json")).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -44,11 +44,16 @@ def step_record(step: str, params: dict, seed: int | None = None, **extra: Any) 
     return _jsonable(record)
 
 
+def record_json(record: dict) -> str:
+    """A step record as stored in ``uns['coem'][step]`` (JSON, keys sorted)."""
+    return json.dumps(record, sort_keys=True)
+
+
 def record_step(mdata, step: str, params: dict, seed: int | None = None, **extra: Any) -> dict:
     """Store the step's record as a JSON string under ``mdata.uns['coem'][step]``."""
     record = step_record(step, params, seed, **extra)
     coem_uns = dict(mdata.uns.get("coem", {}))
-    coem_uns[step] = json.dumps(record, sort_keys=True)
+    coem_uns[step] = record_json(record)
     mdata.uns["coem"] = coem_uns
     return record
 

@@ -24,18 +24,24 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser
+from coem.cli._common import base_parser, quiet_mudata
 from coem.errors import CoemInputError
 from coem.model.likelihoods import LIKELIHOODS
 from coem.model.vae import INPUT_TRANSFORMS
-from coem.provenance import record_step, software_versions, write_versions_yml
+from coem.provenance import record_json, step_record, software_versions, write_versions_yml
 
 STEP = "embed"
 METHOD = "vae"
 INTEGER_CHECK_VALUES = 1_000_000
+# '--backed auto' streams batches from the file when the two CSR matrices would take more than
+# this in memory (8 bytes per stored entry: float32 value + int32 index). 4 GiB is about 170k
+# cells of the simulated 2k-gene + 20k-peak data; the in-memory path is faster per batch.
+BACKED_AUTO_BYTES = 4 * 1024**3
+BYTES_PER_ENTRY = 8
 
 log = get_logger("coem.train_vae")
 
@@ -61,6 +67,8 @@ def build_parser():
     data.add_argument("--n-genes", type=int, default=2000, help="top-variance genes kept (0 = all; default 2000)")
     data.add_argument("--max-peak-fraction", type=float, default=0.1,
                       help="drop peaks open in more than this fraction of cells (default: 0.1, scMVP)")
+    data.add_argument("--n-peaks", type=int, default=0,
+                      help="keep only the N most often open of those peaks (0 = all; default 0)")
     data.add_argument("--no-binarize-atac", dest="binarize_atac", action="store_false",
                       help="model raw ATAC counts instead of 0/1 (not with --atac-likelihood bernoulli)")
     train = parser.add_argument_group("training")
@@ -75,6 +83,11 @@ def build_parser():
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto = CUDA when available (cuda without a GPU falls back to CPU)")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    train.add_argument("--cells-per-epoch", type=int, default=None,
+                       help="train each epoch on this many randomly drawn cells (default: all; for millions of cells)")
+    train.add_argument("--backed", choices=("auto", "on", "off"), default="auto",
+                       help="read minibatches from the file instead of memory: 'auto' (default) when the "
+                            "count matrices would take more than 4 GiB in memory")
     train.add_argument("--log-every", type=int, default=1, help="log a line every N epochs")
     return parser
 
@@ -82,10 +95,13 @@ def build_parser():
 def _check_args(args) -> None:
     """Option combinations that cannot work, named before any data is read."""
     positive = {"--epochs": args.epochs, "--batch-size": args.batch_size, "--n-latent": args.n_latent,
-                "--n-hidden": args.n_hidden, "--n-centroids": args.n_centroids}
+                "--n-hidden": args.n_hidden, "--n-centroids": args.n_centroids,
+                "--cells-per-epoch": 1 if args.cells_per_epoch is None else args.cells_per_epoch}
     for flag, value in positive.items():
         if value < 1:
             raise CoemInputError(f"{flag} must be at least 1, got {value}", sample=args.sample)
+    if args.n_peaks < 0:
+        raise CoemInputError(f"--n-peaks must be 0 (all) or positive, got {args.n_peaks}", sample=args.sample)
     if not 0 < args.max_peak_fraction <= 1:
         raise CoemInputError(f"--max-peak-fraction must be in (0, 1], got {args.max_peak_fraction}", sample=args.sample)
     if not 0 <= args.val_fraction < 1:
@@ -98,31 +114,109 @@ def _check_args(args) -> None:
                              sample=args.sample)
 
 
-def _read(path: str, sample: str):
-    """The MuData and its RNA / ATAC matrices, rows in ``mdata.obs_names`` order."""
+class InMemoryInput:
+    """The whole MuData in memory; RNA / ATAC rows in ``mdata.obs_names`` order."""
+
+    backed = False
+
+    def __init__(self, path: str, sample: str):
+        if not Path(path).is_file():
+            raise CoemInputError("input file not found", sample=sample, file=path)
+        import mudata
+
+        try:
+            with quiet_mudata():
+                self.mdata = mudata.read_h5mu(path)
+        except Exception as err:  # h5py/anndata raise many types for a corrupt file
+            raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err})", sample=sample,
+                                 file=path) from err
+        matrices = []
+        for mod in ("rna", "atac"):
+            if mod not in self.mdata.mod:
+                raise CoemInputError(f"modality '{mod}' is missing; the VAE needs 'rna' and 'atac'",
+                                     sample=sample, file=path)
+            adata = self.mdata.mod[mod]
+            if not adata.obs_names.equals(self.mdata.obs_names):
+                adata = adata[self.mdata.obs_names]
+            matrices.append(adata.X)
+        self.rna, self.atac = matrices
+        self.n_obs = self.mdata.n_obs
+        self.gene_names = self.mdata.mod["rna"].var_names
+        self.peak_names = self.mdata.mod["atac"].var_names
+        _check_integers(self.rna, "RNA", sample, path)
+        self.atac_values = self.atac.data if sp.issparse(self.atac) else np.asarray(self.atac)
+
+    def write(self, final: Path, z: np.ndarray, record: str) -> None:
+        self.mdata.obsm["X_embedding"] = z
+        self.mdata.uns["coem"] = {**dict(self.mdata.uns.get("coem", {})), STEP: record}
+        partial = Path(f"{final}.partial")
+        try:
+            with quiet_mudata():
+                self.mdata.write(str(partial))
+            os.replace(partial, final)
+        finally:
+            if partial.exists():
+                partial.unlink()
+
+
+class BackedInput:
+    """RNA / ATAC rows streamed from the file (CSR groups ``mod/<mod>/X``); only the row
+    pointers, names and one batch are in memory. The output is a copy of the file plus z."""
+
+    backed = True
+
+    def __init__(self, path: str, sample: str):
+        from coem import h5mu_backed
+        from coem.model.data import H5CSRSource
+
+        self.path = path
+        cells = h5mu_backed.obs_names(path)
+        for mod in ("rna", "atac"):
+            if not h5mu_backed.obs_names(path, mod).equals(cells):
+                raise CoemInputError(f"'{mod}' cells are not the MuData's cells in the same order; the disk-backed "
+                                     "VAE needs aligned modalities (use --backed off)", sample=sample, file=path)
+        self.n_obs = cells.size
+        self.rna, self.atac = H5CSRSource(path, "mod/rna/X"), H5CSRSource(path, "mod/atac/X")
+        self.gene_names = h5mu_backed.var_names(path, "rna")
+        self.peak_names = h5mu_backed.var_names(path, "atac")
+        _check_integers(h5mu_backed.first_values(path, "mod/rna/X", INTEGER_CHECK_VALUES), "RNA", sample, path)
+        self.atac_values = h5mu_backed.first_values(path, "mod/atac/X", INTEGER_CHECK_VALUES)
+
+    def write(self, final: Path, z: np.ndarray, record: str) -> None:
+        from coem import h5mu_backed
+
+        self.rna.close()
+        self.atac.close()
+        h5mu_backed.copy_with_additions(self.path, final, {"X_embedding": z}, {STEP: record})
+
+
+def use_backed(path: str, mode: str, sample: str) -> bool:
+    """Whether to stream from the file: always ('on'), never ('off') or for large inputs ('auto')."""
+    if mode == "off":
+        return False
     if not Path(path).is_file():
         raise CoemInputError("input file not found", sample=sample, file=path)
-    import mudata
+    from coem import h5mu_backed
 
     try:
-        mdata = mudata.read_h5mu(path)
-    except Exception as err:  # h5py/anndata raise many types for a corrupt file
-        raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err})", sample=sample, file=path) from err
-    matrices = []
-    for mod in ("rna", "atac"):
-        if mod not in mdata.mod:
-            raise CoemInputError(f"modality '{mod}' is missing; the VAE needs 'rna' and 'atac'", sample=sample, file=path)
-        adata = mdata.mod[mod]
-        if not adata.obs_names.equals(mdata.obs_names):
-            adata = adata[mdata.obs_names]
-        matrices.append(adata.X)
-    return mdata, matrices[0], matrices[1]
+        nnz = [h5mu_backed.csr_nnz(path, f"mod/{mod}/X") for mod in ("rna", "atac")]
+    except OSError as err:
+        raise CoemInputError(f"cannot read as MuData ({err})", sample=sample, file=path) from err
+    if None in nnz:
+        if mode == "on":
+            raise CoemInputError("--backed on needs 'rna' and 'atac' stored as CSR matrices in the h5mu",
+                                 sample=sample, file=path)
+        return False
+    return mode == "on" or sum(nnz) * BYTES_PER_ENTRY > BACKED_AUTO_BYTES
+
+
+def read_input(path: str, mode: str, sample: str):
+    """An :class:`InMemoryInput` or a :class:`BackedInput` (see ``--backed``)."""
+    return BackedInput(path, sample) if use_backed(path, mode, sample) else InMemoryInput(path, sample)
 
 
 def _check_integers(matrix, what: str, sample: str, path: str) -> None:
     """Count likelihoods need raw counts: non-integers mean normalised data was given."""
-    import scipy.sparse as sp
-
     values = matrix.data[:INTEGER_CHECK_VALUES] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:INTEGER_CHECK_VALUES]
     if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
         raise CoemInputError(
@@ -190,6 +284,7 @@ def _summary(history: dict, seed: int) -> dict:
         "best_train_loss": best["train_loss"],
         "best_val_loss": best["val_loss"],
         "gmm_init": history["gmm_init"],
+        "cells_per_epoch": history["cells_per_epoch"],
         "seed": seed,
     }
 
@@ -209,8 +304,9 @@ def load_model(path: str | Path):
 
 def _params(args) -> dict:
     keys = ("n_latent", "n_hidden", "n_centroids", "rna_likelihood", "atac_likelihood", "rna_weight",
-            "atac_weight", "dropout_rate", "input_transform", "n_genes", "max_peak_fraction", "binarize_atac", "epochs",
-            "batch_size", "lr", "patience", "warmup_epochs", "val_fraction", "gmm_init", "device", "threads")
+            "atac_weight", "dropout_rate", "input_transform", "n_genes", "max_peak_fraction", "n_peaks", "binarize_atac", "epochs",
+            "batch_size", "lr", "patience", "warmup_epochs", "val_fraction", "gmm_init", "device", "threads",
+            "cells_per_epoch", "backed")
     return {"method": METHOD, "input": args.input, **{key: getattr(args, key) for key in keys}}
 
 
@@ -221,13 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings = {}
 
     start = time.perf_counter()
-    mdata, rna, atac = _read(args.input, args.sample)
-    _check_integers(rna, "RNA", args.sample, args.input)
+    source = read_input(args.input, args.backed, args.sample)
     if not args.binarize_atac:
-        _check_integers(atac, "ATAC", args.sample, args.input)
+        _check_integers(source.atac_values, "ATAC", args.sample, args.input)
     timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells, %d genes, %d peaks in %.2f s", args.sample, mdata.n_obs, rna.shape[1],
-             atac.shape[1], timings["read_s"])
+    log.info("read %s: %d cells, %d genes, %d peaks in %.2f s (%s)", args.sample, source.n_obs,
+             source.gene_names.size, source.peak_names.size, timings["read_s"],
+             "batches streamed from the file" if source.backed else "in memory")
 
     import torch
 
@@ -237,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        data = prepare_data(rna, atac, n_genes=args.n_genes, max_peak_fraction=args.max_peak_fraction,
+        data = prepare_data(source.rna, source.atac, n_genes=args.n_genes, max_peak_fraction=args.max_peak_fraction,
+                            n_peaks=args.n_peaks,
                             binarize_atac=args.binarize_atac, val_fraction=args.val_fraction, seed=args.seed)
     except CoemInputError as err:
         raise err.with_context(sample=args.sample, file=args.input) from err
@@ -260,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     history = train_vae(model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         patience=args.patience, n_warmup_epochs=args.warmup_epochs, device=args.device,
-                        seed=args.seed, log_every=args.log_every, threads=args.threads, gmm_init=args.gmm_init)
+                        seed=args.seed, log_every=args.log_every, threads=args.threads, gmm_init=args.gmm_init,
+                        cells_per_epoch=args.cells_per_epoch)
     timings["train_s"] = round(time.perf_counter() - start, 3)
     log.info("trained %d epochs (best %d) in %.2f s", history["epochs_run"], history["best_epoch"], timings["train_s"])
 
@@ -271,35 +369,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     summary = _summary(history, args.seed)
-    mdata.obsm["X_embedding"] = z
-    genes = mdata.mod["rna"].var_names[data.gene_idx].tolist()
-    peaks = mdata.mod["atac"].var_names[data.peak_idx].tolist()
-    record_step(mdata, STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(genes),
-                n_peaks_used=len(peaks), n_train_cells=int(data.train_idx.size),
-                n_val_cells=int(data.val_idx.size),
-                **{k: _clean(v) for k, v in summary.items() if k != "seed"})
+    genes = source.gene_names[data.gene_idx].tolist()
+    peaks = source.peak_names[data.peak_idx].tolist()
+    record = step_record(STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(genes),
+                         n_peaks_used=len(peaks), n_train_cells=int(data.train_idx.size),
+                         n_val_cells=int(data.val_idx.size), backed=source.backed,
+                         **{k: _clean(v) for k, v in summary.items() if k != "seed"})
     checkpoint = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                   "config": model.config, "history": history, "genes": genes, "peaks": peaks,
                   "binarize_atac": args.binarize_atac, "versions": software_versions()}
-    _write_outputs(prefix, args, mdata, checkpoint, history, summary, torch)
+    _write_outputs(prefix, args, source, z, record_json(record), checkpoint, history, summary, torch)
     log.info("wrote %s.embed.h5mu, %s.vae.pt and reports in %.2f s", prefix, prefix, time.perf_counter() - start)
     return 0
 
 
-def _write_outputs(prefix, args, mdata, checkpoint, history, summary, torch) -> None:
+def _write_outputs(prefix, args, source, z, record, checkpoint, history, summary, torch) -> None:
     """Everything but the h5mu first; the h5mu goes to a temporary name, renamed at the end."""
     import pandas as pd
 
     final = Path(f"{prefix}.embed.h5mu")
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(f"{prefix}.embed.h5mu.partial")
-    try:
-        torch.save(checkpoint, f"{prefix}.vae.pt")
-        pd.DataFrame(history["epochs"]).to_csv(f"{prefix}.vae_history.tsv", sep="\t", index=False)
-        write_multiqc(prefix, args.sample, history, summary)
-        write_versions_yml("versions.yml", args.process_name or "COEM_TRAIN_VAE")
-        mdata.write(str(partial))
-        os.replace(partial, final)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    torch.save(checkpoint, f"{prefix}.vae.pt")
+    pd.DataFrame(history["epochs"]).to_csv(f"{prefix}.vae_history.tsv", sep="\t", index=False)
+    write_multiqc(prefix, args.sample, history, summary)
+    write_versions_yml("versions.yml", args.process_name or "COEM_TRAIN_VAE")
+    source.write(final, z, record)

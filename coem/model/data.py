@@ -149,9 +149,12 @@ def select_genes(source: SparseSource, n_genes: int | None, chunk_rows: int = CH
     return np.sort(order[:n_genes])
 
 
-def select_peaks(source: SparseSource, max_peak_fraction: float, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """Column indices of peaks open in at least one cell and in at most ``max_peak_fraction``
-    of cells (scMVP drops ubiquitous peaks: they carry no cell-state information)."""
+def select_peaks(source: SparseSource, max_peak_fraction: float, chunk_rows: int = CHUNK_ROWS,
+                 n_peaks: int | None = None) -> np.ndarray:
+    """Column indices (ascending) of peaks open in at least one cell and in at most
+    ``max_peak_fraction`` of cells (scMVP drops ubiquitous peaks: they carry no cell-state
+    information); with ``n_peaks``, only the ``n_peaks`` most often open of those (peaks open
+    in a handful of cells are mostly noise, and the ATAC layers' cost grows with the peaks)."""
     frac = open_fraction(source, chunk_rows)
     keep = np.flatnonzero((frac > 0) & (frac <= max_peak_fraction))
     if keep.size == 0:
@@ -160,6 +163,8 @@ def select_peaks(source: SparseSource, max_peak_fraction: float, chunk_rows: int
             f"({frac.size} peaks, {int((frac > max_peak_fraction).sum())} above the limit); "
             "raise --max-peak-fraction (1.0 keeps every peak)"
         )
+    if n_peaks and n_peaks < keep.size:
+        keep = np.sort(keep[np.argsort(-frac[keep], kind="stable")[:n_peaks]])
     return keep
 
 
@@ -248,6 +253,7 @@ def prepare_data(
     atac,
     n_genes: int | None = 2000,
     max_peak_fraction: float = 0.1,
+    n_peaks: int | None = None,
     binarize_atac: bool = True,
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -266,6 +272,6 @@ def prepare_data(
     _check_counts(rna, "RNA", chunk_rows)
     _check_counts(atac, "ATAC", chunk_rows)
     gene_idx = select_genes(rna, n_genes, chunk_rows)
-    peak_idx = select_peaks(atac, max_peak_fraction, chunk_rows)
+    peak_idx = select_peaks(atac, max_peak_fraction, chunk_rows, n_peaks=n_peaks)
     train_idx, val_idx = split_rows(len(rna), val_fraction, seed)
     return MultiomeData(rna, atac, gene_idx, peak_idx, binarize_atac, train_idx, val_idx)

@@ -178,7 +178,23 @@ def _run_epoch(model, data, rows, batch_size, device, kl_weight, optimizer=None,
     means = (sums / max(n, 1)).tolist()
     if not np.isfinite(means[0]):
         raise RuntimeError(f"VAE loss became {means[0]}; lower the learning rate or check the input counts")
-    return dict(zip(keys, means))
+    return {**dict(zip(keys, means)), "cells": n}
+
+
+def _epoch_sampler(data: MultiomeData, cells_per_epoch: int | None, seed: int):
+    """A function returning each epoch's training rows: all of them, or a seeded random draw."""
+    if cells_per_epoch is None or cells_per_epoch >= data.train_idx.size:
+        return lambda: data.train_idx
+    rng = np.random.default_rng([seed, 1])
+    return lambda: np.sort(rng.choice(data.train_idx, cells_per_epoch, replace=False))
+
+
+def _validation_rows(data: MultiomeData, cells_per_epoch: int | None, seed: int) -> np.ndarray:
+    """All validation rows, or a fixed random subset in proportion to ``cells_per_epoch``."""
+    if cells_per_epoch is None or cells_per_epoch >= data.train_idx.size or data.val_idx.size == 0:
+        return data.val_idx
+    n = max(1, int(round(data.val_idx.size * cells_per_epoch / data.train_idx.size)))
+    return np.sort(np.random.default_rng([seed, 2]).choice(data.val_idx, n, replace=False))
 
 
 def _full_loss(model: JointVAE, parts: dict) -> float:
@@ -200,6 +216,7 @@ def train_vae(
     threads: int | None = None,
     gmm_init: str = "kmeans",
     weight_decay: float = 0.0,
+    cells_per_epoch: int | None = None,
 ) -> dict:
     """Train in place and keep the best (lowest validation loss) weights.
 
@@ -210,13 +227,24 @@ def train_vae(
     reconstruction + full KL), ``train_objective`` (with the warm-up KL weight), ``recon_rna``,
     ``recon_atac``, ``kl`` (training, unweighted per-cell), ``val_recon_rna`` ...,
     ``kl_weight``, ``seconds``.
+
+    ``cells_per_epoch`` (None: every training cell): each epoch trains on that many training
+    cells drawn at random (seeded, without replacement within the epoch) and validates on a
+    fixed random subset of the validation cells of the same proportion. For millions of
+    cells this keeps an epoch (log line, validation, early-stopping check) to minutes.
     """
     if gmm_init not in ("kmeans", "random"):
         raise ValueError(f"gmm_init must be 'kmeans' or 'random', got {gmm_init!r}")
     if data.train_idx.size == 0:
         raise ValueError("no training cells")
+    if cells_per_epoch is not None and cells_per_epoch < 1:
+        raise ValueError(f"cells_per_epoch must be at least 1, got {cells_per_epoch}")
+    epoch_rows = _epoch_sampler(data, cells_per_epoch, seed)
+    val_rows = _validation_rows(data, cells_per_epoch, seed)
     dev = resolve_device(device)
-    history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False, "gmm_init": gmm_init}
+    history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False, "gmm_init": gmm_init,
+                     "cells_per_epoch": int(min(cells_per_epoch or data.train_idx.size, data.train_idx.size)),
+                     "val_cells_per_epoch": int(val_rows.size)}
     started = time.perf_counter()
     with seeded_torch(seed, dev, threads):
         history["device"] = device_description(dev)
@@ -224,15 +252,17 @@ def train_vae(
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         generator = torch.Generator().manual_seed(seed)
         best, best_state, waited = float("inf"), None, 0
-        LOG.info("training on %s: %d train / %d validation cells, %d genes, %d peaks, batch %d",
-                 history["device"], data.train_idx.size, data.val_idx.size, data.n_genes, data.n_peaks, batch_size)
+        LOG.info("training on %s: %d train / %d validation cells (%d / %d per epoch), %d genes, %d peaks, batch %d",
+                 history["device"], data.train_idx.size, data.val_idx.size, history["cells_per_epoch"], val_rows.size,
+                 data.n_genes, data.n_peaks, batch_size)
         for epoch in range(epochs):
             t0 = time.perf_counter()
             beta = kl_warmup_weight(epoch, n_warmup_epochs)
-            train = _run_epoch(model, data, data.train_idx, batch_size, dev, beta, optimizer, generator)
+            rows = epoch_rows()
+            train = _run_epoch(model, data, rows, batch_size, dev, beta, optimizer, generator)
             if epoch == 0 and gmm_init == "kmeans":
-                history["gmm_init"] = "kmeans" if init_prior_kmeans(model, data, data.train_idx, seed) else "random"
-            val = _run_epoch(model, data, data.val_idx, batch_size, dev, 1.0) if data.val_idx.size else None
+                history["gmm_init"] = "kmeans" if init_prior_kmeans(model, data, rows, seed) else "random"
+            val = _run_epoch(model, data, val_rows, batch_size, dev, 1.0) if val_rows.size else None
             record = {
                 "epoch": epoch + 1,
                 "train_loss": _full_loss(model, train),
@@ -245,6 +275,8 @@ def train_vae(
                 "val_recon_atac": val["recon_atac"] if val else float("nan"),
                 "val_kl": val["kl"] if val else float("nan"),
                 "kl_weight": beta,
+                "train_cells": train["cells"],
+                "val_cells": val["cells"] if val else 0,
                 "seconds": time.perf_counter() - t0,
             }
             history["epochs"].append(record)

@@ -255,6 +255,39 @@ def test_same_seed_gives_identical_z(data):
     assert not np.allclose(zs[0], zs[2])
 
 
+def test_cells_per_epoch_draws_a_seeded_subset_each_epoch(data, monkeypatch):
+    """Each epoch trains on cells_per_epoch distinct training cells, a new draw every epoch,
+    and validates on a fixed subset of the same proportion; the same seed repeats the draws."""
+    import coem.model.train as train_module
+
+    seen = []
+    run_epoch = train_module._run_epoch
+
+    def spy(model, data_, rows, *args, **kwargs):
+        seen.append((kwargs.get("optimizer", args[3] if len(args) > 3 else None) is not None, np.asarray(rows).copy()))
+        return run_epoch(model, data_, rows, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_run_epoch", spy)
+    n_train, n_val = data.train_idx.size, data.val_idx.size
+    history = train_vae(small_model(data), data, epochs=3, n_warmup_epochs=0, seed=0, cells_per_epoch=100, **FAST)
+    train_rows = [rows for is_train, rows in seen if is_train]
+    val_rows = [rows for is_train, rows in seen if not is_train]
+    assert [r.size for r in train_rows] == [100, 100, 100]
+    assert all(np.unique(r).size == 100 and np.isin(r, data.train_idx).all() for r in train_rows)
+    assert not np.array_equal(train_rows[0], train_rows[1])
+    expected_val = round(n_val * 100 / n_train)
+    assert all(np.array_equal(r, val_rows[0]) and r.size == expected_val for r in val_rows)
+    assert np.isin(val_rows[0], data.val_idx).all()
+    assert history["cells_per_epoch"] == 100 and history["val_cells_per_epoch"] == expected_val
+    assert [e["train_cells"] for e in history["epochs"]] == [100, 100, 100]
+    first = train_rows[0]
+    seen.clear()
+    train_vae(small_model(data), data, epochs=1, n_warmup_epochs=0, seed=0, cells_per_epoch=100, **FAST)
+    np.testing.assert_array_equal(seen[0][1], first)
+    with pytest.raises(ValueError, match="cells_per_epoch must be at least 1"):
+        train_vae(small_model(data), data, epochs=1, cells_per_epoch=0, **FAST)
+
+
 def test_kmeans_initialises_the_prior(data):
     model = small_model(data)
     random_mu = model.prior_mu.detach().clone()
@@ -429,4 +462,55 @@ def test_cli_reports_bad_input_as_input_errors(h5mu, tmp_path, monkeypatch):
     with pytest.raises(CoemInputError, match=r"sample 'S1', file .*norm.h5mu.*RNA values are not integers"):
         main(base + ["--input", str(tmp_path / "norm.h5mu")])
     assert run_cli(main, base + ["--input", str(h5mu), "--max-peak-fraction", "0.0001"]) == 2
+    assert not (tmp_path / "S1.embed.h5mu").exists()
+
+
+CLI_SMALL = ["--epochs", "2", "--n-latent", "4", "--n-hidden", "64", "--n-centroids", "3", "--batch-size", "64",
+             "--n-genes", "40", "--max-peak-fraction", "0.5", "--threads", "1", "--seed", "1", "--warmup-epochs", "1"]
+
+
+def test_cli_backed_streams_from_the_file_and_matches_memory(h5mu, tmp_path, monkeypatch):
+    """--backed on reads batches from the h5mu (rows only) and gives the in-memory z exactly;
+    its output is the input file plus z and the step record, earlier records kept."""
+    import mudata as md
+
+    from coem.cli.train_vae import main, use_backed
+    from coem.provenance import read_step
+
+    mdata = md.read_h5mu(h5mu)
+    mdata.uns["coem"] = {"qc": json.dumps({"step": "qc", "seed": 0})}
+    mdata.write(str(h5mu))
+    assert use_backed(str(h5mu), "auto", "S1") is False  # small: memory
+    assert use_backed(str(h5mu), "on", "S1") is True
+    monkeypatch.chdir(tmp_path)
+    for mode in ("off", "on"):
+        assert main(["--sample", "S1", "--input", str(h5mu), "--prefix", mode, "--backed", mode] + CLI_SMALL) == 0
+    memory, backed = md.read_h5mu(tmp_path / "off.embed.h5mu"), md.read_h5mu(tmp_path / "on.embed.h5mu")
+    np.testing.assert_array_equal(backed.obsm["X_embedding"], memory.obsm["X_embedding"])
+    assert read_step(backed, "embed")["backed"] is True and read_step(memory, "embed")["backed"] is False
+    assert read_step(backed, "qc") == {"step": "qc", "seed": 0}
+    assert list(backed.obs["label"]) == list(memory.obs["label"])
+    assert (backed.mod["atac"].X != memory.mod["atac"].X).nnz == 0
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_backed_rejects_what_it_cannot_stream(h5mu, tmp_path, monkeypatch):
+    import anndata as ad
+    import mudata as md
+
+    from coem.cli.train_vae import main
+
+    monkeypatch.chdir(tmp_path)
+    mdata = md.read_h5mu(h5mu)
+    dense = md.MuData({"rna": ad.AnnData(mdata.mod["rna"].X.toarray(), obs=mdata.mod["rna"].obs,
+                                         var=mdata.mod["rna"].var), "atac": mdata.mod["atac"]})
+    dense.write(str(tmp_path / "dense.h5mu"))
+    base = ["--sample", "S1", "--prefix", "S1", "--backed", "on"] + CLI_SMALL
+    with pytest.raises(CoemInputError, match=r"dense.h5mu.*--backed on needs 'rna' and 'atac' stored as CSR"):
+        main(base + ["--input", str(tmp_path / "dense.h5mu")])
+    normalised = mdata.mod["rna"].copy()
+    normalised.X = normalised.X.multiply(0.37).tocsr()
+    md.MuData({"rna": normalised, "atac": mdata.mod["atac"]}).write(str(tmp_path / "norm.h5mu"))
+    with pytest.raises(CoemInputError, match=r"norm.h5mu.*RNA values are not integers"):
+        main(base + ["--input", str(tmp_path / "norm.h5mu")])
     assert not (tmp_path / "S1.embed.h5mu").exists()

@@ -1,0 +1,95 @@
+"""Disk-backed access to an ``.h5mu`` without loading its count matrices.
+
+For inputs larger than memory (a million cells x 20,000 peaks is tens of GB as CSR), a step
+that only needs rows in batches (the VAE) reads them from the file through
+:class:`coem.model.data.H5CSRSource`, and writes its result by copying the file and adding
+its new entries (``obsm``, the step record under ``uns/coem``) with anndata's element
+writer, so the output is an ordinary MuData that the next step reads as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from coem.errors import CoemInputError
+
+
+def _encoding(node) -> str:
+    value = node.attrs.get("encoding-type", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def csr_nnz(path: str | Path, group: str) -> int | None:
+    """Stored entries of the CSR matrix at ``group``; None when it is missing or not CSR."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if group not in f or _encoding(f[group]) != "csr_matrix":
+            return None
+        return int(f[group]["data"].shape[0])
+
+
+def _index(path: str | Path, frame: str) -> pd.Index:
+    """The index of an anndata-encoded dataframe (``obs``, ``mod/rna/var`` ...)."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        if frame not in f:
+            raise CoemInputError(f"'{frame}' is missing; not a MuData file", file=str(path))
+        node = f[frame]
+        name = node.attrs["_index"]
+        return pd.Index(read_elem(node[name.decode() if isinstance(name, bytes) else name]).astype(str))
+
+
+def obs_names(path: str | Path, mod: str | None = None) -> pd.Index:
+    """Cell barcodes of the MuData (``mod`` None) or of one modality."""
+    return _index(path, "obs" if mod is None else f"mod/{mod}/obs")
+
+
+def var_names(path: str | Path, mod: str) -> pd.Index:
+    """Feature names of one modality."""
+    return _index(path, f"mod/{mod}/var")
+
+
+def first_values(path: str | Path, group: str, n: int) -> np.ndarray:
+    """The first ``n`` stored values of a CSR matrix (enough to tell counts from normalised data)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f[group]["data"][:n]
+
+
+def copy_with_additions(src: str | Path, final: str | Path, obsm: dict[str, np.ndarray],
+                        records: dict[str, str]) -> None:
+    """Copy ``src`` to ``final`` adding ``obsm`` entries and ``uns['coem']`` step records (JSON).
+
+    Written to ``<final>.partial`` and renamed at the end, so a crash never leaves a plausible
+    output. Existing entries of the same names are replaced.
+    """
+    import h5py
+    from anndata.io import write_elem
+
+    partial = Path(f"{final}.partial")
+    try:
+        shutil.copyfile(src, partial)
+        with h5py.File(partial, "r+") as f:
+            for key, value in obsm.items():
+                if key in f["obsm"]:
+                    del f["obsm"][key]
+                write_elem(f["obsm"], key, np.asarray(value))
+            if "coem" not in f["uns"]:
+                write_elem(f["uns"], "coem", {})
+            for step, record in records.items():
+                if step in f["uns/coem"]:
+                    del f["uns/coem"][step]
+                write_elem(f["uns/coem"], step, record)
+        os.replace(partial, final)
+    finally:
+        if partial.exists():
+            partial.unlink()
