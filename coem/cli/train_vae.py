@@ -42,6 +42,8 @@ INTEGER_CHECK_VALUES = 1_000_000
 # cells of the simulated 2k-gene + 20k-peak data; the in-memory path is faster per batch.
 BACKED_AUTO_BYTES = 4 * 1024**3
 BYTES_PER_ENTRY = 8
+# Cells per batch when embedding every cell after training (no gradients: larger than training batches).
+EMBED_BATCH_SIZE = 1024
 
 log = get_logger("coem.train_vae")
 
@@ -363,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("trained %d epochs (best %d) in %.2f s", history["epochs_run"], history["best_epoch"], timings["train_s"])
 
     start = time.perf_counter()
-    z = embed(model, data, batch_size=max(args.batch_size, 1024))
+    z = embed(model, data, batch_size=max(args.batch_size, EMBED_BATCH_SIZE))
     timings["embed_s"] = round(time.perf_counter() - start, 3)
     log.info("embedded %d cells (%d dims) in %.2f s", z.shape[0], z.shape[1], timings["embed_s"])
 

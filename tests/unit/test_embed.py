@@ -201,3 +201,14 @@ def test_cli_bad_input_is_a_user_error(tmp_path, monkeypatch, capsys):
     assert "ERROR: sample 'S2', file 'absent.h5mu': input file not found" in capsys.readouterr().err
     assert run_cli(main, ["--sample", "S2", "--input", "absent.h5mu", "--n-pcs", "0"]) == 2
     assert "--n-pcs must be at least 1" in capsys.readouterr().err
+
+
+def test_sparse_gram_matches_the_sparse_product_across_row_blocks():
+    import scipy.sparse as sp
+
+    from coem.embed import sparse_gram
+
+    X = sp.random(250, 40, density=0.3, random_state=3, format="csr")
+    # 37 rows per block: 7 blocks, the last one short.
+    np.testing.assert_allclose(sparse_gram(X, chunk_entries=37 * 40), (X.T @ X).toarray(), rtol=1e-12, atol=1e-12)
+    assert sparse_gram(X[:0]).shape == (40, 40) and not sparse_gram(X[:0]).any()
