@@ -56,7 +56,7 @@ def run(n_cells: int, backed: str, args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_vae_scale_", dir=args.data_dir))
     step_args = ["--sample", f"sim{n_cells}", "--input", str(path), "--prefix", str(work / "out"), "--backed", backed, "--epochs", str(args.epochs),
            "--cells-per-epoch", str(args.cells_per_epoch), "--warmup-epochs", "1", "--patience", "0",
-           "--threads", str(args.threads), "--seed", str(args.seed), "--device", "cpu"]
+           "--threads", str(args.threads), "--seed", str(args.seed), "--device", "cpu", *args.step_args.split()]
     print(f"[bench_vae_scale] {n_cells:,} cells, backed={backed} ...", file=sys.stderr, flush=True)
     wall = time.perf_counter()
     child = subprocess.run([sys.executable, __file__, "--child", json.dumps(step_args), "--data-dir", str(work)],
@@ -118,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the outputs of each run")
+    parser.add_argument("--step-args", default="--batch-size 256 --n-peaks 0 --input-transform log1p",
+                        help="more coem_train_vae.py arguments (default: the settings docs/benchmarks.md reports, "
+                             "the step's defaults before 64-cell batches and 10,000 peaks became the defaults)")
     parser.add_argument("--out", default="bench_vae_scale.json", help="file name under benchmarks/out/")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

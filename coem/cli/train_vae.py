@@ -63,19 +63,22 @@ def build_parser():
     model.add_argument("--atac-weight", type=float, default=1.0,
                        help="ATAC likelihood weight (default: 1.0; scMVP: 0.1, which loses ATAC-only states)")
     model.add_argument("--dropout-rate", type=float, default=0.1, help="encoder dropout (default: 0.1)")
-    model.add_argument("--input-transform", choices=INPUT_TRANSFORMS, default="log1p",
-                       help="encoder input: log1p of raw counts (scMVP) or of counts per 10k (log1p_norm)")
+    model.add_argument("--input-transform", choices=INPUT_TRANSFORMS, default="log1p_norm",
+                       help="encoder input: log1p of counts per 10k (log1p_norm, default: z does not follow "
+                            "sequencing depth) or of raw counts (log1p, scMVP)")
     data = parser.add_argument_group("features")
     data.add_argument("--n-genes", type=int, default=2000, help="top-variance genes kept (0 = all; default 2000)")
     data.add_argument("--max-peak-fraction", type=float, default=0.1,
                       help="drop peaks open in more than this fraction of cells (default: 0.1, scMVP)")
-    data.add_argument("--n-peaks", type=int, default=0,
-                      help="keep only the N most often open of those peaks (0 = all; default 0)")
+    data.add_argument("--n-peaks", type=int, default=10_000,
+                      help="keep only the N most often open of those peaks (0 = all; default 10000)")
     data.add_argument("--no-binarize-atac", dest="binarize_atac", action="store_false",
                       help="model raw ATAC counts instead of 0/1 (not with --atac-likelihood bernoulli)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=100, help="maximum epochs (default: 100)")
-    train.add_argument("--batch-size", type=int, default=256, help="minibatch size (default: 256; scMVP: 64)")
+    train.add_argument("--batch-size", type=int, default=64,
+                       help="minibatch size (default: 64, scMVP; larger batches are faster per cell but take "
+                            "fewer steps per epoch)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     train.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (0 = off)")
     train.add_argument("--warmup-epochs", type=int, default=10, help="linear KL warm-up epochs (default: 10)")
