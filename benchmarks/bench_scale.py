@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _table import format_table  # benchmarks/_table.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
 
@@ -170,14 +172,6 @@ def quality(labels: dict, n: int, args) -> dict:
     return out
 
 
-def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -234,19 +228,19 @@ def main(argv=None) -> int:
                            "rss_ratio": round(sea["peak_rss_mb"] / ours["peak_rss_mb"], 1)})
 
     print("\nCOEM metacell step (z given)")
-    print(_table(coem_rows + design_rows, ("n_cells", "strategy", "neighbours", "n_parts", "n_metacells", "wall_s",
+    print(format_table(coem_rows + design_rows, ("n_cells", "strategy", "neighbours", "n_parts", "n_metacells", "wall_s",
                                            "cpu_s", "peak_rss_mb", "purity_states", "n_moved")))
     print("\nSEACells on the same z")
-    print(_table(seacells_rows, ("n_cells", "wall_s", "cpu_s", "peak_rss_mb", "kernel_s", "fit_s", "n_iter",
+    print(format_table(seacells_rows, ("n_cells", "wall_s", "cpu_s", "peak_rss_mb", "kernel_s", "fit_s", "n_iter",
                                  "n_metacells_returned", "did_not_finish_s")))
     print(f"\nQuality at {smallest:,} cells (compactness/separation on diffusion components of z)")
-    print(_table([{"method": m, **v} for m, v in qual.items()],
+    print(format_table([{"method": m, **v} for m, v in qual.items()],
                  ("method", "n_metacells", "purity", "compactness", "separation")))
     print("\nRatios SEACells / COEM")
-    print(_table(ratios, ("n_cells", "wall_ratio", "cpu_ratio", "rss_ratio", "seacells")))
+    print(format_table(ratios, ("n_cells", "wall_ratio", "cpu_ratio", "rss_ratio", "seacells")))
     if recall:
         print("\npynndescent recall of the exact 15-NN")
-        print(_table([recall], tuple(recall)))
+        print(format_table([recall], tuple(recall)))
 
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _table import format_table  # benchmarks/_table.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
 
@@ -100,14 +102,6 @@ def _embed_record(path: Path) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=["100000:off", "100000:on", "1000000:on"],
@@ -132,7 +126,7 @@ def main(argv=None) -> int:
     for spec in args.runs:
         cells, backed = spec.split(":")
         rows.append(run(int(cells), backed, args))
-    print(_table(rows, ("n_cells", "backed", "csr_in_memory_gib", "read_and_features_s", "s_per_epoch",
+    print(format_table(rows, ("n_cells", "backed", "csr_in_memory_gib", "read_and_features_s", "s_per_epoch",
                         "train_cells_per_s", "embed_s", "embed_cells_per_s", "wall_s", "cpu_s", "peak_rss_mb")))
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "load_average_1m_at_end": os.getloadavg()[0]}
