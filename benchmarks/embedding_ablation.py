@@ -19,6 +19,7 @@ state). Prints a table and writes ``benchmarks/out/embedding_ablation_<dataset>.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -59,8 +60,10 @@ def vae_embedding(qc_path: Path, workdir: Path, epochs: int, seed: int, threads:
     from coem.cli.train_vae import main as train_main
 
     start = time.perf_counter()
-    train_main(["--sample", "ablation", "--input", str(qc_path), "--prefix", str(workdir / "ablation"),
-                "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--threads", str(threads), *extra])
+    with contextlib.chdir(workdir):  # the step writes versions.yml into the working directory
+        train_main(["--sample", "ablation", "--input", str(qc_path), "--prefix", str(workdir / "ablation"),
+                    "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--threads", str(threads),
+                    *extra])
     seconds = time.perf_counter() - start
     embedded = mudata.read_h5mu(workdir / "ablation.embed.h5mu")
     record = json.loads(embedded.uns["coem"]["embed"])
