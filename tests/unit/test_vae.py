@@ -399,6 +399,15 @@ def h5mu(tmp_path, sim):
     return path
 
 
+def _write_normalised_rna(mdata, path) -> None:
+    """The MuData with RNA scaled by 0.37 (non-integer, as normalised data would be)."""
+    import mudata as md
+
+    normalised = mdata.mod["rna"].copy()
+    normalised.X = normalised.X.multiply(0.37).tocsr()
+    md.MuData({"rna": normalised, "atac": mdata.mod["atac"]}).write(str(path))
+
+
 def test_cli_writes_embedding_checkpoint_history_and_multiqc(h5mu, tmp_path, monkeypatch):
     import mudata as md
 
@@ -456,9 +465,7 @@ def test_cli_reports_bad_input_as_input_errors(h5mu, tmp_path, monkeypatch):
     rna_only.write(str(tmp_path / "rna_only.h5mu"))
     with pytest.raises(CoemInputError, match="modality 'atac' is missing"):
         main(base + ["--input", str(tmp_path / "rna_only.h5mu")])
-    normalised = mdata.mod["rna"].copy()
-    normalised.X = normalised.X.multiply(0.37).tocsr()
-    md.MuData({"rna": normalised, "atac": mdata.mod["atac"]}).write(str(tmp_path / "norm.h5mu"))
+    _write_normalised_rna(mdata, tmp_path / "norm.h5mu")
     with pytest.raises(CoemInputError, match=r"sample 'S1', file .*norm.h5mu.*RNA values are not integers"):
         main(base + ["--input", str(tmp_path / "norm.h5mu")])
     assert run_cli(main, base + ["--input", str(h5mu), "--max-peak-fraction", "0.0001"]) == 2
@@ -508,9 +515,7 @@ def test_cli_backed_rejects_what_it_cannot_stream(h5mu, tmp_path, monkeypatch):
     base = ["--sample", "S1", "--prefix", "S1", "--backed", "on"] + CLI_SMALL
     with pytest.raises(CoemInputError, match=r"dense.h5mu.*--backed on needs 'rna' and 'atac' stored as CSR"):
         main(base + ["--input", str(tmp_path / "dense.h5mu")])
-    normalised = mdata.mod["rna"].copy()
-    normalised.X = normalised.X.multiply(0.37).tocsr()
-    md.MuData({"rna": normalised, "atac": mdata.mod["atac"]}).write(str(tmp_path / "norm.h5mu"))
+    _write_normalised_rna(mdata, tmp_path / "norm.h5mu")
     with pytest.raises(CoemInputError, match=r"norm.h5mu.*RNA values are not integers"):
         main(base + ["--input", str(tmp_path / "norm.h5mu")])
     assert not (tmp_path / "S1.embed.h5mu").exists()
