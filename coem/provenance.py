@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +36,19 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     if hasattr(value, "item") and callable(value.item):  # numpy scalar
         return value.item()
+    return value
+
+
+def strict_json(value: Any) -> Any:
+    """``_jsonable`` plus NaN/inf -> None, recursively: strict JSON parsers (MultiQC's
+    included) reject NaN, so every JSON file a step writes goes through this."""
+    value = _jsonable(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

@@ -36,7 +36,7 @@ from coem import baselines, metrics, multiqc
 from coem._logging import get_logger
 from coem.cli._common import base_parser
 from coem.errors import CoemInputError
-from coem.provenance import _jsonable, software_versions, step_record, write_versions_yml
+from coem.provenance import software_versions, step_record, strict_json, write_versions_yml
 
 STEP = "baselines"
 log = get_logger("coem.baselines")
@@ -223,20 +223,9 @@ def write_outputs(prefix, args, comparison, runtime, assignments, details, recor
     runtime.to_csv(f"{prefix}.runtime.tsv", sep="\t", na_rep="NA", float_format="%.6g")
     assignments.to_csv(f"{prefix}.baseline_assignments.tsv", sep="\t")
     payload = {"sample": args.sample, "methods": details, "record": record}
-    Path(f"{prefix}.method_comparison.json").write_text(json.dumps(_no_nan(_jsonable(payload)), indent=1))
+    Path(f"{prefix}.method_comparison.json").write_text(json.dumps(strict_json(payload), indent=1))
     write_multiqc(prefix, args.sample, comparison, runtime)
     write_versions_yml("versions.yml", process_name, extra=baselines.seacells_versions())
-
-
-def _no_nan(value):
-    """Strict JSON: NaN/inf become null (recursively)."""
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------- main

@@ -31,7 +31,7 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser
 from coem.errors import CoemInputError
 from coem.peak2gene import ANCHORS, METHODS, peak_to_gene, r_histogram
-from coem.provenance import step_record, write_versions_yml
+from coem.provenance import step_record, strict_json, write_versions_yml
 
 STEP = "peak2gene"
 ANCHOR_WORDS = {"tss": "TSS", "gene_body": "gene body"}
@@ -185,19 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = step_record(STEP, params, seed=args.seed, timings=timings)
     links.to_csv(f"{prefix}.peak2gene.tsv", sep="\t", index=False, float_format="%.6g")
     out = {"sample": args.sample, "metacells": summary, "single_cells": cells_summary, "record": record}
-    Path(f"{prefix}.peak2gene_summary.json").write_text(json.dumps(_finite(out), indent=1, sort_keys=True))
+    Path(f"{prefix}.peak2gene_summary.json").write_text(json.dumps(strict_json(out), indent=1, sort_keys=True))
     write_multiqc(prefix, args.sample, links, summary, cell_links, cells_summary)
     write_versions_yml("versions.yml", process_name)
     log.info("wrote %s.peak2gene.tsv and reports in %.2f s", prefix, time.perf_counter() - start)
     return 0
-
-
-def _finite(value):
-    """JSON has no NaN: write null instead (keeps the file valid for strict parsers)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -18,7 +18,6 @@ file that looks like a good output.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +27,11 @@ import scipy.sparse as sp
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser, quiet_mudata
+from coem.cli._common import base_parser, read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
 from coem.model.likelihoods import LIKELIHOODS
 from coem.model.vae import INPUT_TRANSFORMS
-from coem.provenance import record_json, step_record, software_versions, write_versions_yml
+from coem.provenance import record_json, software_versions, step_record, strict_json, write_versions_yml
 
 STEP = "embed"
 METHOD = "vae"
@@ -125,16 +124,7 @@ class InMemoryInput:
     backed = False
 
     def __init__(self, path: str, sample: str):
-        if not Path(path).is_file():
-            raise CoemInputError("input file not found", sample=sample, file=path)
-        import mudata
-
-        try:
-            with quiet_mudata():
-                self.mdata = mudata.read_h5mu(path)
-        except Exception as err:  # h5py/anndata raise many types for a corrupt file
-            raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err})", sample=sample,
-                                 file=path) from err
+        self.mdata = read_mudata(path, sample, "pass the QC step's .qc.h5mu")
         matrices = []
         for mod in ("rna", "atac"):
             if mod not in self.mdata.mod:
@@ -154,14 +144,7 @@ class InMemoryInput:
     def write(self, final: Path, z: np.ndarray, record: str) -> None:
         self.mdata.obsm["X_embedding"] = z
         self.mdata.uns["coem"] = {**dict(self.mdata.uns.get("coem", {})), STEP: record}
-        partial = Path(f"{final}.partial")
-        try:
-            with quiet_mudata():
-                self.mdata.write(str(partial))
-            os.replace(partial, final)
-        finally:
-            if partial.exists():
-                partial.unlink()
+        write_mudata_atomically(self.mdata, final)
 
 
 class BackedInput:
@@ -230,11 +213,6 @@ def _check_integers(matrix, what: str, sample: str, path: str) -> None:
         )
 
 
-def _clean(value):
-    """NaN -> None so JSON stays valid (MultiQC rejects NaN)."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def write_multiqc(prefix: str, sample: str, history: dict, summary: dict) -> list[Path]:
     """Loss curves (train and validation per epoch) and one summary table row."""
     series = {f"{sample} train": {e["epoch"]: e["train_loss"] for e in history["epochs"]}}
@@ -263,7 +241,7 @@ def write_multiqc(prefix: str, sample: str, history: dict, summary: dict) -> lis
     paths.append(multiqc.table(
         f"{prefix}_vae_summary_mqc.json", "coem_vae_summary", "VAE: training summary",
         "Where and how long the joint VAE trained, and its losses.",
-        {sample: {key: _clean(summary[key]) for key in headers}}, headers=headers,
+        {sample: {key: strict_json(summary[key]) for key in headers}}, headers=headers,
     ))
     return paths
 
@@ -379,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = step_record(STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(genes),
                          n_peaks_used=len(peaks), n_train_cells=int(data.train_idx.size),
                          n_val_cells=int(data.val_idx.size), backed=source.backed,
-                         **{k: _clean(v) for k, v in summary.items() if k != "seed"})
+                         **{k: strict_json(v) for k, v in summary.items() if k != "seed"})
     checkpoint = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                   "config": model.config, "history": history, "genes": genes, "peaks": peaks,
                   "binarize_atac": args.binarize_atac, "versions": software_versions()}
