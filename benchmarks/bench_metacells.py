@@ -15,11 +15,12 @@ printed as a sanity check. Results: a table on stdout and ``benchmarks/out/bench
 ``--quality`` instead compares designs at 10,000 cells on six simulated latents (seeds 0-2,
 dims 10 and 30): purity against the states, compactness and separation on diffusion
 components of z (``coem.metrics``), CPU seconds. Variants: ``exact`` (this tree's default at
-10k), ``partitioned`` (this tree's partitioned path forced at 10k, ``exact_max_cells=5000``)
-and ``before`` (``coem/graph.py`` and ``coem/metacells.py`` of ``--before-commit``, read with
-``git show``). Writes ``bench_metacells_quality.json``.
+10k), ``partitioned`` (this tree's partitioned path forced at 10k, ``exact_max_cells=5000``),
+``before`` (``coem/graph.py`` and ``coem/metacells.py`` of ``--before-commit``, read with
+``git show``) and ``seacells`` (SEACells 0.3.3 on the latents of ``--seacells-dims``).
+Writes ``bench_metacells_quality.json``.
 
-    python benchmarks/bench_metacells.py --quality --before-commit f16979d
+    python benchmarks/bench_metacells.py --quality --before-commit f16979d --seacells-dims 10
 """
 
 from __future__ import annotations
@@ -142,12 +143,22 @@ def quality_compare(args) -> list[dict]:
     }
     if before is not None:
         variants["before"] = lambda z: before.SpectralMetacells(n_metacells=133, seed=0).fit(z).labels_
+    if args.seacells_dims:
+        from bench_scale import _scanpy_scipy_shim  # benchmarks/bench_scale.py, beside this script
+
+        from coem.baselines import run_seacells, warm_up_seacells
+
+        _scanpy_scipy_shim()
+        warm_up_seacells(0)  # scanpy's numba compilation, not billed to the first run
     rows = []
     for seed in (0, 1, 2):
         for dim in (10, 30):
             z, states = simulate_latent(10_000, dim=dim, n_states=10, seed=seed, spread=2.0)
             components = metrics.diffusion_components(z)
-            for name, run in variants.items():
+            runs = dict(variants)
+            if dim in args.seacells_dims:
+                runs["seacells"] = lambda z: run_seacells(z, n_metacells=133, seed=0).labels
+            for name, run in runs.items():
                 cpu = time.process_time()
                 labels = run(z)
                 cpu = time.process_time() - cpu
@@ -171,6 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quality", action="store_true", help="compare designs at 10k cells (see above)")
     parser.add_argument("--before-commit", default="", help="with --quality: also run this commit's metacells")
+    parser.add_argument("--seacells-dims", type=int, nargs="*", default=[],
+                        help="with --quality: also run SEACells on the latents of these dims (about 6 min each)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quality:

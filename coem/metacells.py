@@ -1,14 +1,29 @@
 """Spectral metacells: exactly the requested number of non-empty groups, deterministically.
 
 Pipeline on an embedding X (cells x d): kNN (k=15) -> SEACells adaptive RBF kernel ->
-normalised-Laplacian eigenvectors (Ng-Jordan-Weiss: the top eigenvectors of
-D^-1/2 W D^-1/2, rows normalised) -> k-means. SEACells can return fewer metacells than asked;
-here the count is exact:
+multiscale diffusion coordinates of the kernel graph -> k-means. In detail:
+
+- the top m + 1 eigenvectors v of D^-1/2 W D^-1/2 (m metacells) give the random-walk
+  eigenvectors D^-1/2 v, i.e. diffusion maps; the constant first one is dropped and each other
+  one is weighted by sum_{t=1..50} lambda^t (``diffusion_weights``): Palantir's multiscale
+  space (lambda / (1 - lambda), all times summed), stopped at 50 steps so that it stays finite
+  for nearly disconnected groups;
+- k-means there places metacells evenly over the diffusion geometry of the cell states, not
+  evenly over cells: a compact, well-separated state gets few large metacells and a spread-out
+  one many. The previous design, k-means on row-normalised eigenvectors (Ng-Jordan-Weiss),
+  made metacells of even size whose neighbouring centroids sat close together; on six simulated
+  10,000-cell latents the diffusion coordinates raised separation by 20-75% and cut compactness
+  by half at the same purity (docs/benchmarks.md);
+- a metacell under a third of the mean size (a few outlying cells that diffusion distance puts
+  far from everything) is merged into the metacell it shares most kernel weight with
+  (``merge_small``).
+
+SEACells can return fewer metacells than asked; here the count is exact:
 
 - disconnected kernel graph: every connected component is clustered on its own with a share
   of the metacells (largest remainder, at least one each), so no metacell spans components;
-- k-means returning fewer distinct clusters: the largest metacell is split at the median of
-  its first principal axis until the count is reached.
+- k-means returning fewer distinct clusters, or merged small metacells: the largest metacell
+  is split at the median of its first principal axis until the count is reached.
 
 Large inputs (more than ``exact_max_cells``) take the partitioned path, near-linear in n
 with memory O(n * k):
@@ -60,6 +75,12 @@ METACELLS_PER_PART = 13
 MIN_PART_SIZE = 1_000
 REFINE_SWEEPS = 3
 FLAT_MAX_PARTS = 64
+# Diffusion coordinates: random-walk steps summed (``diffusion_weights``); metacells under this
+# fraction of the mean size are merged into a neighbour (``merge_small``), in at most
+# MERGE_ROUNDS rounds. Both chosen on six simulated latents (docs/benchmarks.md).
+DIFFUSION_STEPS = 50
+MIN_SIZE_FRACTION = 1 / 3
+MERGE_ROUNDS = 10
 NEIGHBOURS = ("parts", "global")
 
 
@@ -138,8 +159,8 @@ def repair_count(labels: np.ndarray, X: np.ndarray, n_metacells: int) -> np.ndar
     return labels
 
 
-def _top_eigenvectors(A: sp.csr_matrix, n_vectors: int, seed: int) -> np.ndarray:
-    """The ``n_vectors`` largest-eigenvalue eigenvectors of the symmetric sparse A (ARPACK).
+def _top_eigenpairs(A: sp.csr_matrix, n_vectors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_vectors`` largest eigenvalues and eigenvectors of the symmetric sparse A (ARPACK).
 
     Single precision first: the Lanczos basis of ~2 x n_vectors columns is re-orthogonalised at
     every step, which is bound by memory traffic, so float32 ran 2.8x faster (10,000 cells, 133
@@ -148,29 +169,89 @@ def _top_eigenvectors(A: sp.csr_matrix, n_vectors: int, seed: int) -> np.ndarray
     """
     v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, A.shape[0])
     try:
-        _, vecs = eigsh(A.astype(np.float32), k=n_vectors, which="LA", v0=v0.astype(np.float32), tol=EIGEN_TOL_FLOAT32)
+        vals, vecs = eigsh(A.astype(np.float32), k=n_vectors, which="LA", v0=v0.astype(np.float32),
+                           tol=EIGEN_TOL_FLOAT32)
     except ArpackNoConvergence:
         _log.warning("single-precision eigensolver did not converge; retrying in double precision")
-        _, vecs = eigsh(A, k=n_vectors, which="LA", v0=v0, tol=1e-6)
-    return vecs.astype(np.float64)
+        vals, vecs = eigsh(A, k=n_vectors, which="LA", v0=v0, tol=1e-6)
+    return vals, vecs
 
 
-def _spectral_embedding(W: sp.csr_matrix, n_vectors: int, seed: int) -> np.ndarray:
-    """Top eigenvectors of D^-1/2 W D^-1/2, rows normalised to unit length (NJW)."""
+def _eigenpairs(A: sp.csr_matrix, n_vectors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_vectors`` largest eigenvalues of the symmetric A and their eigenvectors, largest first."""
+    n = A.shape[0]
+    if n <= DENSE_EIGEN_MAX_CELLS or n_vectors >= n // 2:
+        vals, vecs = eigh(A.toarray(), subset_by_index=[n - n_vectors, n - 1])
+    else:
+        vals, vecs = _top_eigenpairs(A, n_vectors, seed)
+    order = np.argsort(-vals, kind="stable")
+    return vals[order].astype(np.float64), vecs[:, order].astype(np.float64)
+
+
+def diffusion_weights(eigenvalues: np.ndarray, steps: int = DIFFUSION_STEPS) -> np.ndarray:
+    """sum_{t=1..steps} lambda^t for each eigenvalue (negative ones count as 0).
+
+    Palantir's multiscale space weighs each diffusion component by lambda / (1 - lambda), the
+    sum over all times; stopping at ``steps`` keeps the weight finite (at most ``steps``) for
+    eigenvalues next to 1, i.e. for nearly disconnected groups of cells.
+    """
+    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, 1.0)
+    weights = np.full(lam.shape, float(steps))
+    below = lam < 1.0
+    lb = lam[below]
+    weights[below] = lb * (1.0 - lb ** steps) / (1.0 - lb)
+    return weights
+
+
+def _spectral_embedding(W: sp.csr_matrix, n_vectors: int, seed: int, steps: int = DIFFUSION_STEPS) -> np.ndarray:
+    """Multiscale diffusion coordinates of the kernel graph: ``n_vectors`` columns.
+
+    The top eigenvectors v of D^-1/2 W D^-1/2 give the random-walk eigenvectors D^-1/2 v
+    (diffusion maps); the first, constant, is dropped and the others are weighted by
+    ``diffusion_weights``. Euclidean distance there is a diffusion distance summed over 1..steps
+    random-walk steps, so k-means centroids spread evenly over the cell-state manifold rather
+    than evenly over cells (see the module docstring for what this changed).
+    """
     n = W.shape[0]
     deg = np.asarray(W.sum(axis=1)).ravel()
     dinv = 1.0 / np.sqrt(np.maximum(deg, 1e-300))
-    A = sp.diags(dinv) @ W @ sp.diags(dinv)
-    if n <= DENSE_EIGEN_MAX_CELLS or n_vectors >= n // 2:
-        _, vecs = eigh(A.toarray(), subset_by_index=[n - n_vectors, n - 1])
-    else:
-        vecs = _top_eigenvectors(A.tocsr(), n_vectors, seed)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    return vecs / np.where(norms > 0, norms, 1.0)
+    A = (sp.diags(dinv) @ W @ sp.diags(dinv)).tocsr()
+    vals, vecs = _eigenpairs(A, min(n_vectors + 1, n), seed)
+    return vecs[:, 1:] * dinv[:, None] * diffusion_weights(vals[1:], steps)
+
+
+def merge_small(labels: np.ndarray, W: sp.csr_matrix, X: np.ndarray, n_metacells: int, min_size: float) -> np.ndarray:
+    """Merge every metacell under ``min_size`` cells into the metacell it shares most kernel
+    weight with, splitting the largest ones to keep exactly ``n_metacells``.
+
+    Diffusion coordinates put a few outlying cells far from all others, and k-means then gives
+    them a metacell of their own (1-2 cells were seen): such a group joins its best-connected
+    neighbour instead. A group with no edge out of itself (a whole connected component) stays.
+    """
+    labels = relabel_by_first_occurrence(labels)
+    W = W.tocsr()
+    for _ in range(MERGE_ROUNDS):
+        sizes = np.bincount(labels)
+        small = np.flatnonzero(sizes < min_size)
+        merged = False
+        for group in small[np.argsort(sizes[small], kind="stable")]:
+            members = np.flatnonzero(labels == group)
+            if members.size == 0 or members.size >= min_size:
+                continue
+            rows = W[members]
+            weight = np.bincount(labels[rows.indices], weights=rows.data, minlength=labels.max() + 1)
+            weight[group] = 0.0
+            if weight.max() > 0:
+                labels[members] = int(np.argmax(weight))
+                merged = True
+        if not merged:
+            break
+        labels = repair_count(labels, X, n_metacells)
+    return labels
 
 
 def _spectral_connected(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed: int) -> np.ndarray:
-    """Spectral clustering of one kernel into exactly ``n_metacells`` groups."""
+    """Spectral clustering of one connected kernel into exactly ``n_metacells`` groups."""
     n = W.shape[0]
     if n_metacells == 1:
         return np.zeros(n, dtype=np.int64)
@@ -180,7 +261,8 @@ def _spectral_connected(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed:
     # Elkan's k-means gives Lloyd's labels (same iterations) while skipping distances the
     # triangle inequality rules out: 3.8 s instead of 6.0 s at 10,000 cells x 133 metacells.
     km = KMeans(n_clusters=n_metacells, n_init=KMEANS_N_INIT, random_state=seed, algorithm="elkan")
-    return repair_count(km.fit_predict(U), X, n_metacells)
+    labels = repair_count(km.fit_predict(U), X, n_metacells)
+    return merge_small(labels, W, X, n_metacells, MIN_SIZE_FRACTION * n / n_metacells)
 
 
 def spectral_from_kernel(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed: int = 0) -> np.ndarray:

@@ -214,8 +214,9 @@ def test_row_mode_prefers_the_smallest_value_on_ties():
     assert mode.tolist() == [3, 4, 7] and count.tolist() == [2, 2, 4]
 
 
-def test_single_precision_eigenvectors_span_the_exact_subspace():
-    """ARPACK in float32 against LAPACK in float64 on a 1,200-cell kernel (20 vectors)."""
+def test_single_precision_eigenpairs_match_lapack():
+    """ARPACK in float32 against LAPACK in float64 on a 1,200-cell kernel (20 vectors): the
+    eigenvalues (they weigh the diffusion coordinates) and the subspace."""
     from scipy.linalg import eigh
     import scipy.sparse as sps
 
@@ -223,10 +224,82 @@ def test_single_precision_eigenvectors_span_the_exact_subspace():
     W = rbf_kernel(*knn(X, k=15))
     dinv = 1 / np.sqrt(np.asarray(W.sum(axis=1)).ravel())
     A = sps.diags(dinv) @ W @ sps.diags(dinv)
-    approx = metacells._top_eigenvectors(A.tocsr(), 20, seed=0)
-    _, exact = eigh(A.toarray(), subset_by_index=[1200 - 20, 1199])
+    vals, approx = metacells._eigenpairs(A.tocsr(), 20, seed=0)
+    exact_vals, exact = eigh(A.toarray(), subset_by_index=[1200 - 20, 1199])
     cosines = np.linalg.svd(exact.T @ approx, compute_uv=False)
     assert approx.dtype == np.float64 and cosines.min() > 0.999
+    assert np.all(np.diff(vals) <= 0)  # largest first
+    np.testing.assert_allclose(vals, exact_vals[::-1], atol=1e-5)
+
+
+def test_diffusion_weights_sum_the_powers_of_each_eigenvalue():
+    lam = np.array([1.0, 0.999999, 0.95, 0.5, 0.0, -0.3])
+    expected = [sum(max(x, 0.0) ** t for t in range(1, 51)) for x in lam]
+    got = metacells.diffusion_weights(lam, steps=50)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert got[0] == 50.0 and got[-1] == 0.0  # bounded next to 1, nothing for negative eigenvalues
+
+
+def test_merge_small_moves_a_tiny_group_to_its_best_connected_neighbour():
+    """Cells 0-1 form a metacell of 2 (under a third of the mean 10): they share most kernel
+    weight with metacell 1, join it, and the largest metacell is split to keep 3."""
+    import scipy.sparse as sps
+
+    labels = np.array([0, 0] + [1] * 8 + [2] * 20)
+    rows, cols, vals = [], [], []
+    for cell, (to, w) in {0: (2, 0.9), 1: (25, 0.2)}.items():
+        rows += [cell, to]; cols += [to, cell]; vals += [w, w]
+    rows += [1, 3]; cols += [3, 1]; vals += [0.8, 0.8]
+    W = sps.csr_matrix((vals, (rows, cols)), shape=(30, 30))
+    X = np.arange(30, dtype=float)[:, None]
+    out = metacells.merge_small(labels, W, X, 3, min_size=10 / 3)
+    _check_exact(out, 3)
+    assert out[0] == out[1] == out[2]  # with metacell 1 (weight 1.7 against 0.2)
+    assert np.bincount(out).min() >= 4
+
+
+def test_merge_small_keeps_a_group_with_no_edge_out():
+    import scipy.sparse as sps
+
+    labels = np.array([0, 1, 1, 1])
+    W = sps.csr_matrix(np.array([[1, 0, 0, 0], [0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1]], dtype=float))
+    out = metacells.merge_small(labels, W, np.zeros((4, 1)), 2, min_size=1.5)
+    assert np.array_equal(out, labels)
+
+
+def _njw_labels(X, n_metacells, seed=0):
+    """The previous design, kept here as the reference: rows of the top eigenvectors of
+    D^-1/2 W D^-1/2 normalised to unit length (Ng-Jordan-Weiss), then k-means."""
+    import scipy.sparse as sps
+    from scipy.sparse.linalg import eigsh
+    from sklearn.cluster import KMeans
+
+    W = rbf_kernel(*knn(X, k=15))
+    dinv = 1 / np.sqrt(np.asarray(W.sum(axis=1)).ravel())
+    A = sps.diags(dinv) @ W @ sps.diags(dinv)
+    _, vecs = eigsh(A, k=n_metacells, which="LA", v0=np.random.default_rng(seed).uniform(-1, 1, X.shape[0]))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return KMeans(n_metacells, n_init=3, random_state=seed).fit_predict(vecs)
+
+
+def test_diffusion_coordinates_separate_metacells_better_than_njw():
+    """On 3,000 cells of overlapping simulated states, metacells from the multiscale diffusion
+    coordinates are more separated and more compact (SEACells' definitions, on diffusion
+    components of the latent) than k-means on NJW's row-normalised eigenvectors, and as pure.
+    Measured: separation 0.176 vs 0.110, compactness 0.0049 vs 0.0075, purity 0.922 vs 0.924.
+    """
+    from coem.metrics import diffusion_components, evaluate_metacells
+    from coem.simulate import simulate_latent
+
+    z, states = simulate_latent(3000, dim=10, n_states=10, seed=0, spread=2.0)
+    components = {"z": diffusion_components(z, seed=0)}
+    new = SpectralMetacells(n_metacells=40, seed=0).fit(z).labels_
+    _, ours = evaluate_metacells(new.astype(str), components, states)
+    _, njw = evaluate_metacells(_njw_labels(z, 40).astype(str), components, states)
+    assert ours["separation_z"]["mean"] > 1.3 * njw["separation_z"]["mean"]
+    assert ours["compactness_z"]["mean"] < njw["compactness_z"]["mean"]
+    assert ours["purity"]["mean"] >= njw["purity"]["mean"] - 0.01
+    assert np.bincount(new).min() >= 75 / 3  # no metacell under a third of the mean size
 
 
 def test_singletons_are_reported_with_a_warning(caplog):
