@@ -124,15 +124,28 @@ def pca_lsi_z(mdata, seed: int):
     return np.asarray(z, dtype=np.float64), {"seconds": time.perf_counter() - start, "dims": int(z.shape[1])}
 
 
+def vae_settings() -> dict:
+    """The library's model and training defaults that a cached z must have been trained with."""
+    from coem.model import JointVAE
+    from coem.model.train import BATCH_SIZE
+
+    config = JointVAE(10, 10).config
+    keys = ("n_latent", "n_hidden", "n_centroids", "rna_likelihood", "atac_likelihood", "rna_weight", "atac_weight",
+            "input_transform")
+    return {"batch_size": BATCH_SIZE, **{key: config[key] for key in keys}}
+
+
 def vae_z(mdata, seed: int, epochs: int, max_peaks: int, threads: int | None, cache: Path | None = None):
     """The joint VAE's z (default architecture) on all genes and the most accessible <=10%-open peaks.
 
-    With ``cache`` (a .npz path) a z trained earlier with the same settings is reused.
+    With ``cache`` (a .npz path) a z trained earlier on the same cells with the same model and
+    training defaults (``vae_settings``) is reused.
     """
     if cache is not None and cache.is_file():
         saved = np.load(cache, allow_pickle=False)
-        if list(saved["obs_names"]) == list(map(str, mdata.obs_names)):
-            info = json.loads(str(saved["info"]))
+        info = json.loads(str(saved["info"]))
+        same = all(info.get(key) == value for key, value in vae_settings().items())
+        if same and list(saved["obs_names"]) == list(map(str, mdata.obs_names)):
             info["cached"] = str(cache)
             log(f"VAE: reusing z from {cache} (trained in {info['seconds']:.0f} s)")
             return np.asarray(saved["z"], dtype=np.float64), info
@@ -154,7 +167,7 @@ def vae_z(mdata, seed: int, epochs: int, max_peaks: int, threads: int | None, ca
             "best_epoch": history["best_epoch"], "seconds_per_epoch": history["seconds_per_epoch"],
             "n_genes": int(data.n_genes), "n_peaks": int(data.n_peaks), "device": history["device"],
             "rna_weight": model.config["rna_weight"], "atac_weight": model.config["atac_weight"],
-            "rna_likelihood": model.config["rna_likelihood"], "atac_likelihood": model.config["atac_likelihood"]}
+            **vae_settings()}
     log(f"VAE: {info['epochs_run']} epochs ({info['seconds_per_epoch']:.1f} s each) on {data.n_genes} genes, "
         f"{data.n_peaks} peaks")
     if cache is not None:

@@ -30,6 +30,8 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser, read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
 from coem.model.likelihoods import LIKELIHOODS
+from coem.model.data import N_PEAKS
+from coem.model.train import BATCH_SIZE
 from coem.model.vae import INPUT_TRANSFORMS
 from coem.provenance import record_json, software_versions, step_record, strict_json, write_versions_yml
 
@@ -69,13 +71,13 @@ def build_parser():
     data.add_argument("--n-genes", type=int, default=2000, help="top-variance genes kept (0 = all; default 2000)")
     data.add_argument("--max-peak-fraction", type=float, default=0.1,
                       help="drop peaks open in more than this fraction of cells (default: 0.1, scMVP)")
-    data.add_argument("--n-peaks", type=int, default=10_000,
+    data.add_argument("--n-peaks", type=int, default=N_PEAKS,
                       help="keep only the N most often open of those peaks (0 = all; default 10000)")
     data.add_argument("--no-binarize-atac", dest="binarize_atac", action="store_false",
                       help="model raw ATAC counts instead of 0/1 (not with --atac-likelihood bernoulli)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=100, help="maximum epochs (default: 100)")
-    train.add_argument("--batch-size", type=int, default=64,
+    train.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                        help="minibatch size (default: 64, scMVP; larger batches are faster per cell but take "
                             "fewer steps per epoch)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")

@@ -20,6 +20,9 @@ import torch
 from coem.errors import CoemInputError
 
 CHUNK_ROWS = 10_000
+# The most often open peaks kept for the VAE (of those open in <= max_peak_fraction of cells):
+# cuts the ATAC layers' cost and drops peaks seen in a handful of cells (docs/results.md).
+N_PEAKS = 10_000
 
 
 @runtime_checkable
@@ -253,7 +256,7 @@ def prepare_data(
     atac,
     n_genes: int | None = 2000,
     max_peak_fraction: float = 0.1,
-    n_peaks: int | None = None,
+    n_peaks: int | None = N_PEAKS,
     binarize_atac: bool = True,
     val_fraction: float = 0.1,
     seed: int = 0,

@@ -34,6 +34,9 @@ from coem.model.vae import JointVAE, kl_warmup_weight
 
 LOG = get_logger("coem.model.train")
 GMM_INIT_MAX_CELLS = 50_000
+# scMVP's batch size: at 2,274 sci-CAR cells, 64-cell batches converged where 256 stopped short
+# (docs/results.md). The CLI and the pipeline use this default too.
+BATCH_SIZE = 64
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -207,7 +210,7 @@ def train_vae(
     data: MultiomeData,
     epochs: int = 100,
     lr: float = 1e-3,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     patience: int = 10,
     n_warmup_epochs: int = 10,
     device: str = "auto",

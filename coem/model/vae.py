@@ -187,7 +187,7 @@ class JointVAE(nn.Module):
         n_attention_heads: int = 8,
         n_attention_tokens: int = 8,
         dropout_rate: float = 0.1,
-        input_transform: str = "log1p",
+        input_transform: str = "log1p_norm",
         seed: int | None = 0,
     ):
         super().__init__()
