@@ -250,26 +250,32 @@ def merge_small(labels: np.ndarray, W: sp.csr_matrix, X: np.ndarray, n_metacells
     return labels
 
 
-def _spectral_connected(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed: int) -> np.ndarray:
+def _spectral_connected(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed: int,
+                        steps: int = DIFFUSION_STEPS, min_size_fraction: float = MIN_SIZE_FRACTION) -> np.ndarray:
     """Spectral clustering of one connected kernel into exactly ``n_metacells`` groups."""
     n = W.shape[0]
     if n_metacells == 1:
         return np.zeros(n, dtype=np.int64)
     if n_metacells == n:
         return np.arange(n, dtype=np.int64)
-    U = _spectral_embedding(W, n_metacells, seed)
+    U = _spectral_embedding(W, n_metacells, seed, steps)
     # Elkan's k-means gives Lloyd's labels (same iterations) while skipping distances the
     # triangle inequality rules out: 3.8 s instead of 6.0 s at 10,000 cells x 133 metacells.
     km = KMeans(n_clusters=n_metacells, n_init=KMEANS_N_INIT, random_state=seed, algorithm="elkan")
     labels = repair_count(km.fit_predict(U), X, n_metacells)
-    return merge_small(labels, W, X, n_metacells, MIN_SIZE_FRACTION * n / n_metacells)
+    return merge_small(labels, W, X, n_metacells, min_size_fraction * n / n_metacells)
 
 
-def spectral_from_kernel(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed: int = 0) -> np.ndarray:
-    """Exactly ``n_metacells`` groups from a kernel, clustering connected components apart."""
+def spectral_from_kernel(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed: int = 0,
+                         steps: int = DIFFUSION_STEPS, min_size_fraction: float = MIN_SIZE_FRACTION) -> np.ndarray:
+    """Exactly ``n_metacells`` groups from a kernel, clustering connected components apart.
+
+    ``steps``: random-walk steps summed in the diffusion coordinates; ``min_size_fraction``:
+    metacells under this fraction of the mean size are merged (0 turns merging off).
+    """
     n_comp, comp = connected_components(W, directed=False)
     if n_comp == 1 or n_metacells < n_comp:
-        labels = _spectral_connected(W, X, n_metacells, seed)
+        labels = _spectral_connected(W, X, n_metacells, seed, steps, min_size_fraction)
         return relabel_by_first_occurrence(labels)
     comp = relabel_by_first_occurrence(comp)
     shares = allot(np.bincount(comp), n_metacells)
@@ -278,7 +284,7 @@ def spectral_from_kernel(W: sp.csr_matrix, X: np.ndarray, n_metacells: int, seed
     for c, share in enumerate(shares):
         members = np.flatnonzero(comp == c)
         sub = W[members][:, members].tocsr()
-        labels[members] = _spectral_connected(sub, X[members], int(share), seed) + offset
+        labels[members] = _spectral_connected(sub, X[members], int(share), seed, steps, min_size_fraction) + offset
         offset += int(share)
     return relabel_by_first_occurrence(labels)
 
@@ -358,12 +364,12 @@ def default_part_size(n_cells: int, n_metacells: int) -> int:
     return max(MIN_PART_SIZE, int(round(METACELLS_PER_PART * n_cells / n_metacells)))
 
 
-def _spectral_part(X: np.ndarray, n_metacells: int, k: int, seed: int, sigma: np.ndarray) -> np.ndarray:
+def _spectral_part(X: np.ndarray, n_metacells: int, k: int, seed: int, sigma: np.ndarray, **spectral) -> np.ndarray:
     """One part: exact kNN inside it, the kernel with the given bandwidths, then the spectral step."""
     if n_metacells == X.shape[0]:
         return np.arange(X.shape[0], dtype=np.int64)
     idx, dist = knn(X, k=k, method="exact")
-    return spectral_from_kernel(rbf_kernel(idx, dist, sigma=sigma), X, n_metacells, seed)
+    return spectral_from_kernel(rbf_kernel(idx, dist, sigma=sigma), X, n_metacells, seed, **spectral)
 
 
 def size_summary(labels: np.ndarray) -> dict:
@@ -397,6 +403,9 @@ class SpectralMetacells:
     ``neighbours`` (partitioned path): 'parts' searches each cell's own and next nearest part
     (``partition_knn``); 'global' uses ``knn(method=knn_method)`` over all cells, i.e.
     pynndescent from ``AUTO_APPROX_MIN_CELLS`` cells (three times the CPU time at 10^6 cells).
+    ``diffusion_steps``: random-walk steps summed in the diffusion coordinates (more: metacells
+    follow the coarse structure more, fewer: closer to even sizes); ``min_size_fraction``:
+    metacells under this fraction of the mean size are merged into a neighbour (0: never).
     """
 
     def __init__(
@@ -410,6 +419,8 @@ class SpectralMetacells:
         knn_method: str = "auto",
         n_threads: int | None = 1,
         neighbours: str = "parts",
+        diffusion_steps: int = DIFFUSION_STEPS,
+        min_size_fraction: float = MIN_SIZE_FRACTION,
     ):
         self.n_metacells = n_metacells
         self.cells_per_metacell = cells_per_metacell
@@ -420,6 +431,8 @@ class SpectralMetacells:
         self.knn_method = knn_method
         self.n_threads = n_threads
         self.neighbours = neighbours
+        self.diffusion_steps = diffusion_steps
+        self.min_size_fraction = min_size_fraction
 
     def fit(self, X) -> "SpectralMetacells":
         """Cluster X (cells x dims) into exactly the resolved number of metacells.
@@ -441,6 +454,10 @@ class SpectralMetacells:
             raise CoemInputError("the embedding contains NaN or infinite values")
         if int(self.k) < 2:
             raise CoemInputError(f"k must be at least 2 (self plus one neighbour), got {self.k}")
+        if int(self.diffusion_steps) < 1:
+            raise CoemInputError(f"diffusion_steps must be at least 1, got {self.diffusion_steps}")
+        if not 0 <= float(self.min_size_fraction) < 1:
+            raise CoemInputError(f"min_size_fraction must be in [0, 1), got {self.min_size_fraction}")
         if self.neighbours not in NEIGHBOURS:
             raise CoemInputError(f"neighbours must be one of {', '.join(NEIGHBOURS)}, got {self.neighbours!r}")
         n = X.shape[0]
@@ -474,6 +491,9 @@ class SpectralMetacells:
         _log.info("%s: %.1f s" + (f"; {message}" if message else ""), name, now - since, *args)
         return now
 
+    def _spectral_options(self) -> dict:
+        return {"steps": int(self.diffusion_steps), "min_size_fraction": float(self.min_size_fraction)}
+
     def _fit_exact(self, X: np.ndarray, n_mc: int) -> np.ndarray:
         """One kNN graph and kernel over all of X, then the spectral step."""
         if n_mc == X.shape[0]:
@@ -482,7 +502,7 @@ class SpectralMetacells:
         idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self.seed)
         W = rbf_kernel(idx, dist)
         since = self._stage("neighbours", since, "kNN graph and kernel over %d cells", X.shape[0])
-        labels = spectral_from_kernel(W, X, n_mc, self.seed)
+        labels = spectral_from_kernel(W, X, n_mc, self.seed, **self._spectral_options())
         self._stage("spectral", since)
         return labels
 
@@ -515,7 +535,8 @@ class SpectralMetacells:
         labels = np.empty(n, dtype=np.int64)
         offset = 0
         for members, share in zip(part_members(parts), shares):
-            labels[members] = _spectral_part(X[members], int(share), self.k, self.seed, sigma[members]) + offset
+            labels[members] = _spectral_part(X[members], int(share), self.k, self.seed, sigma[members],
+                                             **self._spectral_options()) + offset
             offset += int(share)
         self._stage("spectral", since, "%d parts", shares.size)
         return labels

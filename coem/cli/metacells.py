@@ -25,6 +25,7 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser
 from coem.cli._common import read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
+from coem.metacells import DIFFUSION_STEPS, MIN_SIZE_FRACTION
 from coem.provenance import record_step, write_versions_yml
 
 STEP = "metacells"
@@ -57,6 +58,11 @@ def build_parser():
     parser.add_argument("--neighbours", choices=("parts", "global"), default="parts",
                         help="partitioned path: search neighbours across part borders in the next parts ('parts', "
                              "default) or over all cells with pynndescent ('global', slower)")
+    parser.add_argument("--diffusion-steps", type=int, default=DIFFUSION_STEPS,
+                        help=f"random-walk steps summed in the diffusion coordinates (default {DIFFUSION_STEPS})")
+    parser.add_argument("--min-size-fraction", type=float, default=MIN_SIZE_FRACTION,
+                        help="merge metacells under this fraction of the mean size into a neighbour "
+                             "(default 1/3; 0 = never)")
     parser.add_argument("--embedding-key", default="X_embedding", help="obsm key of the embedding")
     parser.add_argument("--label-key", default="label", help="obs column of cell labels (for the sizes table)")
     return parser
@@ -75,6 +81,11 @@ def _check_args(args) -> None:
         raise CoemInputError(f"--k must be at least 2, got {args.k}", sample=args.sample)
     if args.exact_max_cells < 1:
         raise CoemInputError(f"--exact-max-cells must be at least 1, got {args.exact_max_cells}", sample=args.sample)
+    if args.diffusion_steps < 1:
+        raise CoemInputError(f"--diffusion-steps must be at least 1, got {args.diffusion_steps}", sample=args.sample)
+    if not 0 <= args.min_size_fraction < 1:
+        raise CoemInputError(f"--min-size-fraction must be in [0, 1), got {args.min_size_fraction}",
+                             sample=args.sample)
     if args.part_size is not None and args.part_size < 2:
         raise CoemInputError(f"--part-size must be at least 2, got {args.part_size}", sample=args.sample)
     if args.n_metacells is None and args.cells_per_metacell <= 0:
@@ -120,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
                               k=args.k, seed=args.seed, exact_max_cells=args.exact_max_cells,
-                              part_size=args.part_size, neighbours=args.neighbours)
+                              part_size=args.part_size, neighbours=args.neighbours,
+                              diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction)
     try:
         model.fit(X)
     except CoemInputError as err:
@@ -136,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_multiqc(prefix, args.sample, row, table["size"].to_numpy())
     params = {"n_metacells": args.n_metacells, "cells_per_metacell": args.cells_per_metacell, "k": args.k,
               "exact_max_cells": args.exact_max_cells, "part_size": args.part_size, "neighbours": args.neighbours,
+              "diffusion_steps": args.diffusion_steps, "min_size_fraction": args.min_size_fraction,
               "embedding_key": args.embedding_key, "input": args.input}
     extra = {"n_parts": model.n_parts_, "part_size": model.part_size_, "n_moved": model.n_moved_} \
         if model.strategy_ == "partitioned" else {}

@@ -302,6 +302,18 @@ def test_diffusion_coordinates_separate_metacells_better_than_njw():
     assert np.bincount(new).min() >= 75 / 3  # no metacell under a third of the mean size
 
 
+def test_a_far_tiny_group_is_merged_unless_merging_is_off():
+    """4 cells 6 sd away from a 600-cell blob: diffusion distance puts them far from everything,
+    so k-means gives them a metacell of 4; merging (the default) joins them to a neighbour."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(600, 5)), rng.normal(scale=0.3, size=(4, 5)) + 6])
+    off = SpectralMetacells(n_metacells=8, seed=0, min_size_fraction=0).fit(X).labels_
+    assert np.bincount(off).min() == 4 and len(set(off[-4:])) == 1
+    on = SpectralMetacells(n_metacells=8, seed=0).fit(X).labels_
+    _check_exact(on, 8)
+    assert np.bincount(on).min() >= 604 / 8 / 3 and np.bincount(on)[on[-1]] > 4
+
+
 def test_singletons_are_reported_with_a_warning(caplog):
     X = np.random.default_rng(6).normal(size=(12, 2))
     logger = logging.getLogger("coem.metacells")
@@ -361,6 +373,7 @@ def test_cli_writes_metacells_sizes_and_multiqc(tmp_path, embedded_h5mu, monkeyp
     assert "X_embedding" in out.obsm
     record = json.loads(out.uns["coem"]["metacells"])
     assert record["seed"] == 3 and record["params"]["n_metacells"] == 8 and record["params"]["k"] == 15
+    assert record["params"]["diffusion_steps"] == 50 and record["params"]["min_size_fraction"] == pytest.approx(1 / 3)
 
     sizes = pd.read_csv("P.metacell_sizes.tsv", sep="\t")
     assert list(sizes.columns) == ["metacell", "size", "label", "label_fraction"]
@@ -428,3 +441,16 @@ def test_cli_rejects_a_part_size_below_two(tmp_path, embedded_h5mu, monkeypatch,
     monkeypatch.chdir(tmp_path)
     assert run_cli(main, ["--sample", "S3", "--input", str(embedded_h5mu), "--part-size", "1"]) == 2
     assert "--part-size must be at least 2, got 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--diffusion-steps", "0", "--diffusion-steps must be at least 1, got 0"),
+    ("--min-size-fraction", "1", "--min-size-fraction must be in [0, 1), got 1.0"),
+])
+def test_cli_rejects_bad_diffusion_options(tmp_path, embedded_h5mu, monkeypatch, capsys, option, value, message):
+    from coem.cli._common import run_cli
+    from coem.cli.metacells import main
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--sample", "S3", "--input", str(embedded_h5mu), option, value]) == 2
+    assert message in capsys.readouterr().err
