@@ -11,9 +11,9 @@ multiscale diffusion coordinates of the kernel graph -> k-means. In detail:
 - k-means there places metacells evenly over the diffusion geometry of the cell states, not
   evenly over cells: a compact, well-separated state gets few large metacells and a spread-out
   one many. The previous design, k-means on row-normalised eigenvectors (Ng-Jordan-Weiss),
-  made metacells of even size whose neighbouring centroids sat close together; on six simulated
-  10,000-cell latents the diffusion coordinates raised separation by 20-75% and cut compactness
-  by half at the same purity (docs/benchmarks.md);
+  made metacells of even size whose neighbouring centroids sat close together; on three
+  simulated 10,000-cell latents with overlapping states the diffusion coordinates raised
+  separation by 30-66% and cut compactness by 39-56%, purity within 0.013 (docs/benchmarks.md);
 - a metacell under a third of the mean size (a few outlying cells that diffusion distance puts
   far from everything) is merged into the metacell it shares most kernel weight with
   (``merge_small``).
@@ -42,9 +42,10 @@ with memory O(n * k):
 Why 10,000 cells and parts of about 1,000: with one metacell per 75 cells the eigenproblem and
 k-means both cost about n * m^2 with m proportional to n, i.e. n^3; measured single-threaded
 CPU time of the eigensolver was 0.6 s at 5,000 cells, 5 s at 10,000 and 60 s at 20,000, and
-0.03 s at 1,000. With parts of 1,000 the whole path costs about 0.1 s of CPU per 1,000 cells;
-at 10,000 cells its metacells were as pure and more compact than the exact path's, with
-slightly lower separation (docs/benchmarks.md), so the exact path stays the default there.
+0.03 s at 1,000. With parts of 1,000 the whole path costs about 0.1 s of CPU per 1,000 cells.
+Forced at 10,000 cells its metacells were about as pure as the exact path's but less compact
+and less separated (inside a part of 1,000 cells there is little diffusion geometry to spread
+metacells over; docs/benchmarks.md), so the exact path stays the default there.
 """
 
 from __future__ import annotations
