@@ -25,7 +25,7 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser
 from coem.cli._common import read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
-from coem.metacells import DIFFUSION_STEPS, MIN_SIZE_FRACTION
+from coem.metacells import COORDINATES, DIFFUSION_STEPS, MIN_SIZE_FRACTION
 from coem.provenance import record_step, write_versions_yml
 
 STEP = "metacells"
@@ -58,6 +58,9 @@ def build_parser():
     parser.add_argument("--neighbours", choices=("parts", "global"), default="parts",
                         help="partitioned path: search neighbours across part borders in the next parts ('parts', "
                              "default) or over all cells with pynndescent ('global', slower)")
+    parser.add_argument("--coordinates", choices=COORDINATES, default="diffusion",
+                        help="k-means on the kernel graph's multiscale diffusion coordinates (default) or on "
+                             "row-normalised eigenvectors (njw, the earlier design: even metacell sizes)")
     parser.add_argument("--diffusion-steps", type=int, default=DIFFUSION_STEPS,
                         help=f"random-walk steps summed in the diffusion coordinates (default {DIFFUSION_STEPS})")
     parser.add_argument("--min-size-fraction", type=float, default=MIN_SIZE_FRACTION,
@@ -132,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
                               k=args.k, seed=args.seed, exact_max_cells=args.exact_max_cells,
                               part_size=args.part_size, neighbours=args.neighbours,
-                              diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction)
+                              diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction,
+                              coordinates=args.coordinates)
     try:
         model.fit(X)
     except CoemInputError as err:
@@ -148,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_multiqc(prefix, args.sample, row, table["size"].to_numpy())
     params = {"n_metacells": args.n_metacells, "cells_per_metacell": args.cells_per_metacell, "k": args.k,
               "exact_max_cells": args.exact_max_cells, "part_size": args.part_size, "neighbours": args.neighbours,
-              "diffusion_steps": args.diffusion_steps, "min_size_fraction": args.min_size_fraction,
+              "coordinates": args.coordinates, "diffusion_steps": args.diffusion_steps,
+              "min_size_fraction": args.min_size_fraction,
               "embedding_key": args.embedding_key, "input": args.input}
     extra = {"n_parts": model.n_parts_, "part_size": model.part_size_, "n_moved": model.n_moved_} \
         if model.strategy_ == "partitioned" else {}

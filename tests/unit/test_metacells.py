@@ -314,6 +314,18 @@ def test_a_far_tiny_group_is_merged_unless_merging_is_off():
     assert np.bincount(on).min() >= 604 / 8 / 3 and np.bincount(on)[on[-1]] > 4
 
 
+def test_njw_coordinates_stay_available_and_make_more_even_metacells():
+    from coem.simulate import simulate_latent
+
+    z, _ = simulate_latent(3000, dim=10, n_states=10, seed=0, spread=2.0)
+    njw = SpectralMetacells(n_metacells=40, seed=0, coordinates="njw").fit(z).labels_
+    diffusion = SpectralMetacells(n_metacells=40, seed=0).fit(z).labels_
+    _check_exact(njw, 40)
+    assert np.bincount(njw).std() < np.bincount(diffusion).std()
+    with pytest.raises(CoemInputError, match="coordinates must be one of diffusion, njw"):
+        SpectralMetacells(n_metacells=40, coordinates="pca").fit(z)
+
+
 def test_singletons_are_reported_with_a_warning(caplog):
     X = np.random.default_rng(6).normal(size=(12, 2))
     logger = logging.getLogger("coem.metacells")
@@ -373,7 +385,7 @@ def test_cli_writes_metacells_sizes_and_multiqc(tmp_path, embedded_h5mu, monkeyp
     assert "X_embedding" in out.obsm
     record = json.loads(out.uns["coem"]["metacells"])
     assert record["seed"] == 3 and record["params"]["n_metacells"] == 8 and record["params"]["k"] == 15
-    assert record["params"]["diffusion_steps"] == 50 and record["params"]["min_size_fraction"] == pytest.approx(1 / 3)
+    assert record["params"]["coordinates"] == "diffusion" and record["params"]["diffusion_steps"] == 50 and record["params"]["min_size_fraction"] == pytest.approx(1 / 3)
 
     sizes = pd.read_csv("P.metacell_sizes.tsv", sep="\t")
     assert list(sizes.columns) == ["metacell", "size", "label", "label_fraction"]
