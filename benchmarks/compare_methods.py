@@ -127,16 +127,18 @@ def pca_lsi_z(mdata, seed: int):
 def vae_settings() -> dict:
     """The library's model and training defaults that a cached z must have been trained with."""
     from coem.model import JointVAE
+    from coem.model.data import MAX_PEAK_FRACTION
     from coem.model.train import BATCH_SIZE
 
     config = JointVAE(10, 10).config
     keys = ("n_latent", "n_hidden", "n_centroids", "rna_likelihood", "atac_likelihood", "rna_weight", "atac_weight",
             "input_transform")
-    return {"batch_size": BATCH_SIZE, **{key: config[key] for key in keys}}
+    return {"batch_size": BATCH_SIZE, "max_peak_fraction": MAX_PEAK_FRACTION, **{key: config[key] for key in keys}}
 
 
 def vae_z(mdata, seed: int, epochs: int, max_peaks: int, threads: int | None, cache: Path | None = None):
-    """The joint VAE's z (default architecture) on all genes and the most accessible <=10%-open peaks.
+    """The joint VAE's z (default architecture) on all genes and the most often open peaks among
+    those open in at most ``MAX_PEAK_FRACTION`` of cells (the library's default selection).
 
     With ``cache`` (a .npz path) a z trained earlier on the same cells with the same model and
     training defaults (``vae_settings``) is reused.
@@ -156,7 +158,7 @@ def vae_z(mdata, seed: int, epochs: int, max_peaks: int, threads: int | None, ca
     rna = sp.csr_matrix(mdata.mod["rna"][mdata.obs_names].X)
     atac = sp.csr_matrix(mdata.mod["atac"][mdata.obs_names].X)
     frac = np.asarray((atac > 0).sum(axis=0)).ravel() / atac.shape[0]
-    eligible = np.flatnonzero(frac <= 0.1)
+    eligible = np.flatnonzero(frac <= vae_settings()["max_peak_fraction"])
     keep = np.sort(eligible[np.argsort(-frac[eligible], kind="stable")[:max_peaks]])
     start = time.perf_counter()
     data = prepare_data(rna, atac[:, keep], seed=seed)

@@ -30,7 +30,7 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser, read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
 from coem.model.likelihoods import LIKELIHOODS
-from coem.model.data import N_PEAKS
+from coem.model.data import MAX_PEAK_FRACTION, N_PEAKS
 from coem.model.train import BATCH_SIZE
 from coem.model.vae import INPUT_TRANSFORMS
 from coem.provenance import record_json, software_versions, step_record, strict_json, write_versions_yml
@@ -69,8 +69,9 @@ def build_parser():
                             "sequencing depth) or of raw counts (log1p, scMVP)")
     data = parser.add_argument_group("features")
     data.add_argument("--n-genes", type=int, default=2000, help="top-variance genes kept (0 = all; default 2000)")
-    data.add_argument("--max-peak-fraction", type=float, default=0.1,
-                      help="drop peaks open in more than this fraction of cells (default: 0.1, scMVP)")
+    data.add_argument("--max-peak-fraction", type=float, default=MAX_PEAK_FRACTION,
+                      help=f"drop peaks open in more than this fraction of cells (default: {MAX_PEAK_FRACTION}; "
+                           "scMVP: 0.1)")
     data.add_argument("--n-peaks", type=int, default=N_PEAKS,
                       help="keep only the N most often open of those peaks (0 = all; default 10000)")
     data.add_argument("--no-binarize-atac", dest="binarize_atac", action="store_false",

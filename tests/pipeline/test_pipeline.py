@@ -116,7 +116,11 @@ def test_help_lists_parameters_from_schema(tmp_path):
 
 def test_invalid_parameter_value_is_rejected(tmp_path):
     result = run_nextflow(
-        ["run", str(REPO), "-profile", "test", "--embedding", "umap", "--outdir", "x"], tmp_path
+        ["run", str(REPO), "-profile", "test", "--embedding", "umap", "--vae_max_peak_fraction", "1.5",
+         "--vae_n_peaks", "-1", "--outdir", "x"], tmp_path
     )
     assert result.returncode != 0
     assert "--embedding" in result.output and "umap" in result.output
+    # Every bad value is reported in the same run, with the schema's bound.
+    assert "--vae_max_peak_fraction: 1.5 is above the maximum 1" in result.output
+    assert "--vae_n_peaks: -1 is below the minimum 0" in result.output

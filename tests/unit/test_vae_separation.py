@@ -1,9 +1,16 @@
-"""The joint VAE's z separates the simulator's known states at least as well as PCA + LSI.
+"""The joint VAE's z, with the pipeline's defaults, separates the simulator's known states
+better than the PCA + LSI embedding.
 
-Measure: silhouette of the known `state` labels (Euclidean), on the same QC'd cells. The VAE
-(3.0 / 1.0 likelihood weights) reached 0.45 vs 0.31 for pca_lsi on 2,000 simulated cells; on the
-smaller data here we require it to be no worse than pca_lsi minus 0.02 and clearly structured
-(> 0.15), so the test fails if the VAE collapses or ignores a modality, without being flaky.
+Measures, on the same 800 simulated cells (7 known states, seed 3):
+
+- silhouette of the known ``state`` labels (Euclidean) in each embedding: the VAE must beat
+  PCA + LSI by at least 0.1 (measured: 0.68 against 0.36);
+- purity of the metacells built the same way on each embedding (20 cells per metacell): the
+  VAE's must be at least as high (measured: 0.991 against 0.974).
+
+Everything is seeded and runs on one CPU thread, so the numbers are reproducible. With scMVP's
+10% peak filter instead of the default 50% the VAE fell below PCA + LSI on this data (silhouette
+0.21, purity 0.81): the test guards that default too.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import silhouette_score
 
@@ -24,7 +32,16 @@ def simulated():
     return simulate_multiome(n_cells=800, n_genes=300, n_peaks=2000, seed=3).mdata
 
 
-def test_vae_separates_known_states_no_worse_than_pca_lsi(simulated):
+def metacell_purity(X: np.ndarray, labels: np.ndarray) -> float:
+    """Mean fraction of each metacell's most common label (metacells of about 20 cells)."""
+    from coem.metacells import SpectralMetacells
+
+    model = SpectralMetacells(cells_per_metacell=20, seed=0).fit(X)
+    frame = pd.DataFrame({"metacell": model.labels_, "label": labels})
+    return float(frame.groupby("metacell")["label"].agg(lambda s: s.value_counts(normalize=True).iloc[0]).mean())
+
+
+def test_vae_separates_known_states_better_than_pca_lsi(simulated):
     import torch
 
     from coem.embed import pca_lsi_embedding
@@ -36,14 +53,15 @@ def test_vae_separates_known_states_no_worse_than_pca_lsi(simulated):
     labels = simulated.obs["state"].astype(str).to_numpy()
     joint, _ = pca_lsi_embedding(simulated, n_hvg=300, n_pcs=15, n_lsi=15, seed=0)
 
-    data = prepare_data(simulated["rna"].X, simulated["atac"].X, n_genes=300, max_peak_fraction=0.5, seed=0)
-    model = JointVAE(data.n_genes, data.n_peaks, n_latent=10, n_centroids=7, seed=0)
-    history = train_vae(model, data, epochs=40, batch_size=128, patience=10, device="cpu", seed=0, threads=1)
+    # The library's defaults are the pipeline's: features, model, training length and batch.
+    data = prepare_data(simulated["rna"].X, simulated["atac"].X, seed=0)
+    model = JointVAE(data.n_genes, data.n_peaks, seed=0)
+    history = train_vae(model, data, device="cpu", seed=0, threads=1, log_every=20)
     z = embed(model, data)
 
-    sil_vae = silhouette_score(z, labels)
-    sil_pca_lsi = silhouette_score(joint, labels)
     assert np.isfinite(z).all() and z.shape == (simulated.n_obs, 10)
     assert history["epochs"][-1]["val_loss"] < history["epochs"][0]["val_loss"]
-    assert sil_vae > 0.15, f"VAE z has little state structure (silhouette {sil_vae:.3f})"
-    assert sil_vae >= sil_pca_lsi - 0.02, f"VAE {sil_vae:.3f} vs pca_lsi {sil_pca_lsi:.3f}"
+    sil_vae, sil_pca_lsi = silhouette_score(z, labels), silhouette_score(joint, labels)
+    assert sil_vae >= sil_pca_lsi + 0.1, f"silhouette: VAE {sil_vae:.3f} vs pca_lsi {sil_pca_lsi:.3f}"
+    purity_vae, purity_pca_lsi = metacell_purity(z, labels), metacell_purity(joint, labels)
+    assert purity_vae >= purity_pca_lsi, f"purity: VAE {purity_vae:.3f} vs pca_lsi {purity_pca_lsi:.3f}"

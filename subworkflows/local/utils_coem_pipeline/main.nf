@@ -66,6 +66,8 @@ def validateParameters() {
         if (!ok) { errors << "--${name}: expected ${type.join(' or ')}, got '${value}'" }
         if (d.enum && !(value in d.enum)) { errors << "--${name}: '${value}' is not one of ${d.enum.join(', ')}" }
         if (d.minimum != null && value instanceof Number && value < d.minimum) { errors << "--${name}: ${value} is below the minimum ${d.minimum}" }
+        if (d.exclusiveMinimum != null && value instanceof Number && value <= d.exclusiveMinimum) { errors << "--${name}: ${value} must be above ${d.exclusiveMinimum}" }
+        if (d.maximum != null && value instanceof Number && value > d.maximum) { errors << "--${name}: ${value} is above the maximum ${d.maximum}" }
     }
     defs.findAll { n, d -> d.required_param && !params[n] }.each { n, d -> errors << "--${n} is required" }
     if (errors) {
