@@ -89,6 +89,15 @@ def _gene_table(genes_var: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def check_gene_tss(genes_var: pd.DataFrame) -> None:
+    """Raise the peak-to-gene step's error now when no gene has a usable TSS.
+
+    QC calls this so that a sample without gene positions fails in seconds, before the
+    embedding and metacell steps, instead of at peak-to-gene.
+    """
+    _gene_table(genes_var)
+
+
 def _peak_table(peaks_var: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("chrom", "start", "end") if c not in peaks_var.columns]
     if missing:

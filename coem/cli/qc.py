@@ -115,6 +115,18 @@ def _thresholds(args) -> QCThresholds:
         raise CoemInputError(f"invalid QC threshold: {err}", sample=args.sample) from err
 
 
+def _check_gene_positions(mdata, sample: str, row: dict) -> None:
+    """Fail now, not after the expensive steps, when peak-to-gene will find no gene TSS."""
+    from coem.peak2gene import check_gene_tss
+
+    if "rna" not in mdata.mod:
+        return  # the reader has already rejected a sample without RNA
+    try:
+        check_gene_tss(mdata.mod["rna"].var)
+    except CoemInputError as err:
+        raise err.with_context(sample=sample, file=row["annotation"] or _input_files(row)) from err
+
+
 def _subsample(n: int, seed: int) -> np.ndarray:
     """At most MAX_BOX_CELLS cell indices, seeded, in order, so the report stays small."""
     if n <= MAX_BOX_CELLS:
@@ -193,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              mdata.mod["rna"].n_vars if "rna" in mdata.mod else 0,
              mdata.mod["atac"].n_vars if "atac" in mdata.mod else 0, timings["read_s"])
 
+    _check_gene_positions(mdata, args.sample, row)
     start = time.perf_counter()
     try:
         filtered, report = apply_qc(mdata, thresholds, sample=args.sample)

@@ -307,3 +307,14 @@ def test_no_gene_tss(case, sim, bad, out, capsys):
     aggregated.write(str(path))
     rc, message = run_step("peak2gene", ["--sample", SAMPLE, "--input", str(path), "--n-null", "5"], capsys)
     assert_rejected(rc, message, out, path, [*NO_TSS[case], "the samplesheet's 'annotation' column"])
+
+
+def test_no_gene_tss_is_caught_at_qc(sim, bad, out, capsys):
+    """The pipeline fails on it at QC, in seconds, not after the VAE and the metacells."""
+    no_tss = sim.copy()
+    no_tss.mod["rna"].var["tss"] = np.nan
+    path = bad / "S1.h5mu"
+    no_tss.write(str(path))
+    rc, message = run_step("qc", qc_args("--h5mu", path, "--min-rna-counts", "0", "--min-genes", "0",
+                                         "--min-atac-counts", "0", "--min-peaks", "0"), capsys)
+    assert_rejected(rc, message, out, path, [*NO_TSS["tss_all_missing"], "the samplesheet's 'annotation' column"])
