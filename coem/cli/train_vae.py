@@ -70,8 +70,8 @@ def build_parser():
     data = parser.add_argument_group("features")
     data.add_argument("--n-genes", type=int, default=2000, help="top-variance genes kept (0 = all; default 2000)")
     data.add_argument("--max-peak-fraction", type=float, default=MAX_PEAK_FRACTION,
-                      help=f"drop peaks open in more than this fraction of cells (default: {MAX_PEAK_FRACTION}; "
-                           "scMVP: 0.1)")
+                      help=f"drop peaks open in more than this fraction of cells (default: {MAX_PEAK_FRACTION}, "
+                           "scMVP's; raise it for dense ATAC where state markers are open in more cells)")
     data.add_argument("--n-peaks", type=int, default=N_PEAKS,
                       help="keep only the N most often open of those peaks (0 = all; default 10000)")
     data.add_argument("--no-binarize-atac", dest="binarize_atac", action="store_false",

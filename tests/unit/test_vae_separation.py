@@ -1,5 +1,4 @@
-"""The joint VAE's z, with the pipeline's defaults, separates the simulator's known states
-better than the PCA + LSI embedding.
+"""The joint VAE's z separates the simulator's known states better than the PCA + LSI embedding.
 
 Measures, on the same 800 simulated cells (7 known states, seed 3):
 
@@ -8,9 +7,12 @@ Measures, on the same 800 simulated cells (7 known states, seed 3):
 - purity of the metacells built the same way on each embedding (20 cells per metacell): the
   VAE's must be at least as high (measured: 0.991 against 0.974).
 
-Everything is seeded and runs on one CPU thread, so the numbers are reproducible. With scMVP's
-10% peak filter instead of the default 50% the VAE fell below PCA + LSI on this data (silhouette
-0.21, purity 0.81): the test guards that default too.
+The VAE runs with the pipeline's defaults except the peak filter: ``max_peak_fraction=0.5``
+(``--vae_max_peak_fraction 0.5``) instead of scMVP's 0.1. The simulator's ATAC is dense (half
+its peaks are open in more than 10% of cells; 0.1% on sci-CAR), so the 10% rule would drop
+most of its state markers (silhouette 0.21, purity 0.81 here); on real sci-CAR data 0.1 gave
+the purer metacells, which is why it stays the default (docs/results.md). Everything is
+seeded and runs on one CPU thread, so the numbers are reproducible.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def test_vae_separates_known_states_better_than_pca_lsi(simulated):
     labels = simulated.obs["state"].astype(str).to_numpy()
     joint, _ = pca_lsi_embedding(simulated, n_hvg=300, n_pcs=15, n_lsi=15, seed=0)
 
-    # The library's defaults are the pipeline's: features, model, training length and batch.
-    data = prepare_data(simulated["rna"].X, simulated["atac"].X, seed=0)
+    # The library's defaults are the pipeline's (model, training length, batch), except the
+    # peak filter, raised for this dense simulated ATAC (see the module docstring).
+    data = prepare_data(simulated["rna"].X, simulated["atac"].X, max_peak_fraction=0.5, seed=0)
     model = JointVAE(data.n_genes, data.n_peaks, seed=0)
     history = train_vae(model, data, device="cpu", seed=0, threads=1, log_every=20)
     z = embed(model, data)
