@@ -39,13 +39,13 @@ with memory O(n * k):
    clustered like the exact path, on a kernel from exact kNN inside the part whose bandwidths
    come from step 2 (which looks across the border).
 
-Why 10,000 cells and parts of about 1,000: with one metacell per 75 cells the eigenproblem and
-k-means both cost about n * m^2 with m proportional to n, i.e. n^3; measured single-threaded
-CPU time of the eigensolver was 0.6 s at 5,000 cells, 5 s at 10,000 and 60 s at 20,000, and
-0.03 s at 1,000. With parts of 1,000 the whole path costs about 0.1 s of CPU per 1,000 cells.
-Forced at 10,000 cells its metacells were about as pure as the exact path's but less compact
-and less separated (inside a part of 1,000 cells there is little diffusion geometry to spread
-metacells over; docs/benchmarks.md), so the exact path stays the default there.
+Why 20,000 cells and parts of about 1,000: with one metacell per 75 cells the eigenproblem and
+k-means both cost about n * m^2 with m proportional to n, i.e. n^3. With parts of 1,000 the
+whole path costs about 0.1 s of CPU per 1,000 cells, but its metacells are less compact and
+less separated (inside a part of 1,000 cells there is little diffusion geometry to spread
+metacells over). On 20,000-cell simulated latents the exact path took 43 s of one core against
+4 s, and gave separation +43-47%, compactness -27-43% and purity +0.004-0.007
+(docs/benchmarks.md): worth it up to the sizes of a typical 10x Multiome sample, not at 10^5.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ EIGEN_TOL_FLOAT32 = 1e-5
 # k-means restarts on the spectral embedding: one restart was faster but lost purity at
 # 10,000 cells on some simulated latents (0.905 vs 0.916; docs/benchmarks.md).
 KMEANS_N_INIT = 3
+# Up to this many cells one kernel over all cells (the exact path); above, the partitioned path.
+EXACT_MAX_CELLS = 20_000
 # Parts of the partitioned path: about this many metacells each, and at least MIN_PART_SIZE cells.
 METACELLS_PER_PART = 13
 MIN_PART_SIZE = 1_000
@@ -434,7 +436,7 @@ class SpectralMetacells:
         cells_per_metacell: float = 75,
         k: int = 15,
         seed: int = 0,
-        exact_max_cells: int = 10_000,
+        exact_max_cells: int = EXACT_MAX_CELLS,
         part_size: int | None = None,
         knn_method: str = "auto",
         n_threads: int | None = 1,

@@ -25,7 +25,7 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser
 from coem.cli._common import read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
-from coem.metacells import COORDINATES, DIFFUSION_STEPS, MIN_SIZE_FRACTION
+from coem.metacells import COORDINATES, DIFFUSION_STEPS, EXACT_MAX_CELLS, MIN_SIZE_FRACTION
 from coem.provenance import record_step, write_versions_yml
 
 STEP = "metacells"
@@ -50,9 +50,9 @@ def build_parser():
                        help="metacells = round(cells / this) (default 75, SEACells' rule of thumb)")
     count.add_argument("--n-metacells", type=int, default=None, help="exact number of metacells")
     parser.add_argument("--k", type=int, default=15, help="nearest neighbours of the kernel graph (default 15)")
-    parser.add_argument("--exact-max-cells", type=int, default=10_000,
+    parser.add_argument("--exact-max-cells", type=int, default=EXACT_MAX_CELLS,
                         help="up to this many cells one kernel over all cells; above it the partitioned path "
-                             "(default 10000)")
+                             f"(default {EXACT_MAX_CELLS})")
     parser.add_argument("--part-size", type=int, default=None,
                         help="cells per part of the partitioned path (default: about 13 metacells, at least 1000)")
     parser.add_argument("--neighbours", choices=("parts", "global"), default="parts",

@@ -17,6 +17,7 @@ from coem.errors import CoemInputError
 from coem.graph import knn, rbf_kernel
 from coem import metacells
 from coem.metacells import (
+    EXACT_MAX_CELLS,
     SpectralMetacells,
     allot,
     coarse_partition,
@@ -161,19 +162,20 @@ def test_partitioned_path_is_exact_for_both_neighbour_designs(neighbours):
     assert set(model.timings_) == {"partition", "neighbours", "refine", "spectral"}
 
 
-def test_partitioned_path_on_12k_cells_default_settings():
-    """Above exact_max_cells (10,000) with every default: parts of about 1,000 cells.
+def test_partitioned_path_on_21k_cells_default_settings():
+    """Above exact_max_cells (20,000) with every default: parts of about 1,000 cells.
 
     States 8 sd apart in 5-D (simulate_latent): every metacell should hold one state.
     """
     from coem.simulate import simulate_latent
 
-    z, states = simulate_latent(12_000, dim=5, n_states=6, seed=3, spread=8.0)
+    assert EXACT_MAX_CELLS == 20_000
+    z, states = simulate_latent(21_000, dim=5, n_states=6, seed=3, spread=8.0)
     model = SpectralMetacells(seed=0).fit(z)
     assert model.strategy_ == "partitioned" and model.part_size_ == 1000
-    _check_exact(model.labels_, 160)  # round(12,000 / 75)
-    assert 10 <= model.n_parts_ <= 16
-    assert all(len(set(model.parts_[model.labels_ == m])) == 1 for m in range(0, 160, 7))
+    _check_exact(model.labels_, 280)  # round(21,000 / 75)
+    assert 18 <= model.n_parts_ <= 26
+    assert all(len(set(model.parts_[model.labels_ == m])) == 1 for m in range(0, 280, 7))
     purity = pd.crosstab(model.labels_, states).max(axis=1).sum() / z.shape[0]
     assert purity >= 0.99
     assert model.summary_["min_size"] >= 15 and model.summary_["max_size"] <= 250
