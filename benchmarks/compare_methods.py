@@ -154,11 +154,12 @@ def vae_z(mdata, seed: int, epochs: int, max_peaks: int, threads: int | None, ca
     import scipy.sparse as sp
 
     from coem.model import JointVAE, embed as vae_embed, prepare_data, train_vae
+    from coem.model.data import MAX_PEAK_FRACTION
 
     rna = sp.csr_matrix(mdata.mod["rna"][mdata.obs_names].X)
     atac = sp.csr_matrix(mdata.mod["atac"][mdata.obs_names].X)
     frac = np.asarray((atac > 0).sum(axis=0)).ravel() / atac.shape[0]
-    eligible = np.flatnonzero(frac <= vae_settings()["max_peak_fraction"])
+    eligible = np.flatnonzero(frac <= MAX_PEAK_FRACTION)
     keep = np.sort(eligible[np.argsort(-frac[eligible], kind="stable")[:max_peaks]])
     start = time.perf_counter()
     data = prepare_data(rna, atac[:, keep], seed=seed)

@@ -24,8 +24,8 @@ CHUNK_ROWS = 10_000
 # cuts the ATAC layers' cost and drops peaks seen in a handful of cells (docs/results.md).
 N_PEAKS = 10_000
 # Peaks open in more than this fraction of cells are dropped as ubiquitous (scMVP's rule). On
-# real sci-CAR data 10% gave purer metacells than 50% in 5 of 5 paired runs; on dense data (our
-# simulator opens half its peaks in more than 10% of cells) it drops the markers of abundant
+# real sci-CAR data 10% gave purer metacells than 50% in 6 of 6 paired runs; on dense data (our
+# simulator opens more than half of its open peaks in more than 10% of cells) it drops the markers of abundant
 # states and 0.5 is better: docs/results.md, "the peak filter".
 MAX_PEAK_FRACTION = 0.1
 
@@ -160,9 +160,10 @@ def select_genes(source: SparseSource, n_genes: int | None, chunk_rows: int = CH
 def select_peaks(source: SparseSource, max_peak_fraction: float, chunk_rows: int = CHUNK_ROWS,
                  n_peaks: int | None = None) -> np.ndarray:
     """Column indices (ascending) of peaks open in at least one cell and in at most
-    ``max_peak_fraction`` of cells (ubiquitous peaks carry no cell-state information; scMVP
-    drops those open in more than 10% of cells, see ``MAX_PEAK_FRACTION``); with ``n_peaks``, only the ``n_peaks`` most often open of those (peaks open
-    in a handful of cells are mostly noise, and the ATAC layers' cost grows with the peaks)."""
+    ``max_peak_fraction`` of cells (ubiquitous peaks carry no cell-state information; see
+    ``MAX_PEAK_FRACTION``); with ``n_peaks``, only the ``n_peaks`` most often open of those
+    (peaks open in a handful of cells are mostly noise, and the ATAC layers' cost grows with
+    the peaks)."""
     frac = open_fraction(source, chunk_rows)
     keep = np.flatnonzero((frac > 0) & (frac <= max_peak_fraction))
     if keep.size == 0:
