@@ -18,7 +18,9 @@ components of z (``coem.metrics``), CPU seconds. Variants: ``exact`` (this tree'
 10k), ``partitioned`` (this tree's partitioned path forced at 10k, ``exact_max_cells=5000``),
 ``before`` (``coem/graph.py`` and ``coem/metacells.py`` of ``--before-commit``, read with
 ``git show``) and ``seacells`` (SEACells 0.3.3 on the latents of ``--seacells-dims``).
-Writes ``bench_metacells_quality.json``.
+``--quality-cells``, ``--quality-seeds`` and ``--quality-dims`` change the latents (the
+partitioned variant is then forced with ``exact_max_cells`` = half the cells). Writes
+``bench_metacells_quality.json``.
 
     python benchmarks/bench_metacells.py --quality --before-commit f16979d --seacells-dims 10
 """
@@ -136,13 +138,16 @@ def quality_compare(args) -> list[dict]:
     from coem.simulate import simulate_latent
 
     before = _module_at_commit(args.before_commit) if args.before_commit else None
+    n_cells = args.quality_cells
+    n_mc = round(n_cells / 75)
     variants = {
-        "exact": lambda z: metacells.SpectralMetacells(n_metacells=133, seed=0).fit(z).labels_,
-        "partitioned": lambda z: metacells.SpectralMetacells(n_metacells=133, seed=0, exact_max_cells=5000)
+        "exact": lambda z: metacells.SpectralMetacells(n_metacells=n_mc, seed=0, exact_max_cells=n_cells)
+        .fit(z).labels_,
+        "partitioned": lambda z: metacells.SpectralMetacells(n_metacells=n_mc, seed=0, exact_max_cells=n_cells // 2)
         .fit(z).labels_,
     }
     if before is not None:
-        variants["before"] = lambda z: before.SpectralMetacells(n_metacells=133, seed=0).fit(z).labels_
+        variants["before"] = lambda z: before.SpectralMetacells(n_metacells=n_mc, seed=0).fit(z).labels_
     if args.seacells_dims:
         from bench_scale import _scanpy_scipy_shim  # benchmarks/bench_scale.py, beside this script
 
@@ -151,13 +156,13 @@ def quality_compare(args) -> list[dict]:
         _scanpy_scipy_shim()
         warm_up_seacells(0)  # scanpy's numba compilation, not billed to the first run
     rows = []
-    for seed in (0, 1, 2):
-        for dim in (10, 30):
-            z, states = simulate_latent(10_000, dim=dim, n_states=10, seed=seed, spread=2.0)
+    for seed in args.quality_seeds:
+        for dim in args.quality_dims:
+            z, states = simulate_latent(n_cells, dim=dim, n_states=10, seed=seed, spread=2.0)
             components = metrics.diffusion_components(z)
             runs = dict(variants)
             if dim in args.seacells_dims:
-                runs["seacells"] = lambda z: run_seacells(z, n_metacells=133, seed=0).labels
+                runs["seacells"] = lambda z: run_seacells(z, n_metacells=n_mc, seed=0).labels
             for name, run in runs.items():
                 cpu = time.process_time()
                 labels = run(z)
@@ -182,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quality", action="store_true", help="compare designs at 10k cells (see above)")
     parser.add_argument("--before-commit", default="", help="with --quality: also run this commit's metacells")
+    parser.add_argument("--quality-cells", type=int, default=10_000, help="with --quality: cells per latent")
+    parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0, 1, 2], help="with --quality: latents")
+    parser.add_argument("--quality-dims", type=int, nargs="+", default=[10, 30], help="with --quality: latent dims")
     parser.add_argument("--seacells-dims", type=int, nargs="*", default=[],
                         help="with --quality: also run SEACells on the latents of these dims (about 6 min each)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)

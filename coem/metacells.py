@@ -43,7 +43,7 @@ Why 20,000 cells and parts of about 1,000: with one metacell per 75 cells the ei
 k-means both cost about n * m^2 with m proportional to n, i.e. n^3. With parts of 1,000 the
 whole path costs about 0.1 s of CPU per 1,000 cells, but its metacells are less compact and
 less separated (inside a part of 1,000 cells there is little diffusion geometry to spread
-metacells over). On 20,000-cell simulated latents the exact path took 43 s of one core against
+metacells over). On 20,000-cell simulated latents the exact path took 40-42 s of one core against
 4 s, and gave separation +43-47%, compactness -27-43% and purity +0.004-0.007
 (docs/benchmarks.md): worth it up to the sizes of a typical 10x Multiome sample, not at 10^5.
 """
