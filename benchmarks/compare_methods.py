@@ -243,7 +243,7 @@ def run_dataset(name: str, mdata, args, known_links=None) -> dict:
         repeats[which] = {"spectral_total_s": spectral_s, "archetypal_total_s": arch_s}
 
     start = time.perf_counter()
-    table, details = baselines.compare(results, components, labels, mdata, window=100_000, n_null=0,
+    table, details = baselines.compare(results, components, labels, mdata, window=100_000, n_background=0,
                                        seed=args.seed, known_links=known_links)
     timings["compare_s"] = time.perf_counter() - start
     order = [f"coem[{w}]" for w in zs] + ["seacells_rna", "seacells_atac"] + [f"archetypal_z[{w}]" for w in zs]

@@ -79,11 +79,29 @@ def sum_counts(X, codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
     return sp.csr_matrix(summed, dtype=np.float32)
 
 
+# Per-cell library sizes that count more than the kept features (e.g. sci-CAR's UMIs over all
+# genes, 'umi_all_genes'): summed per metacell into obs['library_size'] for peak-to-gene.
+LIBRARY_SIZE_COLUMNS = ("library_size", "umi_all_genes")
+
+
+def _summed_library(mod, codes: np.ndarray, ids: pd.Index) -> pd.DataFrame:
+    obs = pd.DataFrame(index=ids.astype(str))
+    for column in LIBRARY_SIZE_COLUMNS:
+        if column in mod.obs:
+            values = pd.to_numeric(mod.obs[column], errors="coerce").to_numpy(dtype=np.float64)
+            if np.all(np.isfinite(values)) and np.all(values > 0):
+                obs["library_size"] = np.bincount(codes, weights=values, minlength=len(ids))
+                break
+    return obs
+
+
 def aggregate_metacells(mdata, key: str = "metacell", label_key: str = "label") -> md.MuData:
     """A MuData with one observation per metacell and summed raw counts per modality.
 
     obs: ``size`` and (when ``mdata.obs[label_key]`` has values) ``label`` and
-    ``label_fraction``; var of each modality copied unchanged; ``uns`` copied.
+    ``label_fraction``; a modality whose cells carry a library size (``LIBRARY_SIZE_COLUMNS``)
+    gets its per-metacell sum as ``obs['library_size']``; var of each modality copied
+    unchanged; ``uns`` copied.
     """
     if key not in mdata.obs:
         raise CoemInputError(f"obs['{key}'] is missing; run the metacells step on this file first")
@@ -98,7 +116,7 @@ def aggregate_metacells(mdata, key: str = "metacell", label_key: str = "label") 
         if mod_codes.isna().any():
             raise CoemInputError(f"modality '{name}' has cells that are not in the MuData obs")
         X = sum_counts(mod.X, mod_codes.to_numpy(dtype=np.int64), len(ids))
-        mods[name] = ad.AnnData(X=X, obs=pd.DataFrame(index=ids.astype(str)), var=mod.var.copy())
+        mods[name] = ad.AnnData(X=X, obs=_summed_library(mod, mod_codes.to_numpy(dtype=np.int64), ids), var=mod.var.copy())
     out = md.MuData(mods)
     for col in table.columns:
         out.obs[col] = table[col].to_numpy()

@@ -63,9 +63,11 @@ METHODS: dict[str, tuple[str, str]] = {
 COEM_METHOD = "coem"
 KERNELS = ("seacells", "coem")
 # Peak-to-gene definitions compared (DESIGN.md section 6): COEM's and SEACells'.
+# The COEM paper's and SEACells' definitions of the negative-correlation fraction: r on CPM
+# (as the paper normalises), no background test (only the sign of r is used).
 P2G_DEFINITIONS: dict[str, dict[str, str]] = {
-    "pearson_tss": {"method": "pearson", "anchor": "tss"},
-    "spearman_body": {"method": "spearman", "anchor": "gene_body"},
+    "pearson_tss": {"method": "pearson", "anchor": "tss", "normalisation": "cpm"},
+    "spearman_body": {"method": "spearman", "anchor": "gene_body", "normalisation": "cpm"},
 }
 # Palantir's diffusion maps (SEACells' waypoint initialisation) use 30 neighbours.
 _MIN_CELLS = 32
@@ -353,7 +355,7 @@ def has_gene_bodies(rna_var: pd.DataFrame) -> bool:
     return bool((start.notna() & end.notna()).any())
 
 
-def p2g_negative_fractions(mdata, metacells, window: int = 100_000, n_null: int = 0, seed: int = 0,
+def p2g_negative_fractions(mdata, metacells, window: int = 100_000, n_background: int = 0, seed: int = 0,
                            known_links: pd.DataFrame | None = None) -> dict:
     """Fraction of negative peak-to-gene correlations on one assignment's aggregated metacells,
     under each of ``P2G_DEFINITIONS``. Returns {definition: summary (``fraction_negative``,
@@ -378,7 +380,8 @@ def p2g_negative_fractions(mdata, metacells, window: int = 100_000, n_null: int 
     for name, definition in P2G_DEFINITIONS.items():
         anchor_used = definition["anchor"] if definition["anchor"] == "tss" or bodies else "tss (no gene bodies)"
         try:
-            links, summary = peak_to_gene(aggregated, window=window, n_null=n_null, seed=seed, **definition)
+            links, summary = peak_to_gene(aggregated, window=window, n_background=n_background, seed=seed,
+                                          **definition)
             if known_links is not None:
                 summary.update(known_link_stats(links, known_links))
         except CoemInputError as err:
@@ -449,7 +452,7 @@ def compare(
     ``components``: {modality: diffusion components} computed once for all methods;
     ``assignments``: per-method metacell ids overriding ``results[m].names`` (e.g. COEM's own
     ``obs['metacell']``); ``mdata``: the per-cell MuData for peak-to-gene (skipped when None);
-    ``p2g``: ``window``, ``n_null``, ``seed``, ``known_links`` for :func:`p2g_negative_fractions`.
+    ``p2g``: ``window``, ``n_background``, ``seed``, ``known_links`` for :func:`p2g_negative_fractions`.
     """
     rows, details = {}, {}
     for method, result in results.items():

@@ -1,29 +1,49 @@
-"""Peak-to-gene links: correlate each gene with the peaks near its TSS across metacells.
+"""Peak-to-gene links: correlate each gene with the peaks near its TSS across metacells, and
+test each correlation against matched background peaks.
 
 Why metacells: single cells are too sparse for a peak and a gene to co-vary visibly; summing
-counts over ~75 similar cells gives profiles whose correlation reflects regulation. The COEM
-paper's headline number is the fraction of *negative* correlations (few = good metacells).
+counts over ~75 similar cells gives profiles whose correlation reflects regulation.
 
-Definitions (DESIGN.md section 6):
+Definitions (docs/output.md, "Peak-to-gene links", says the same for users):
 
 - candidates: peaks whose centre ``(start + end) // 2`` lies within ``+-window`` of the gene's
   TSS (``anchor='tss'``, COEM/ArchR) or of its body ``[start - window, end + window]``
   (``anchor='gene_body'``, SEACells); both ends inclusive. ``distance`` = peak centre - TSS,
   sign flipped for ``-`` strand genes, so positive means downstream in transcription direction.
-- values: counts per observation scaled to counts per million, then ``log1p``;
-  Spearman ranks those values per feature (average ranks for ties).
-- Pearson/Spearman p: two-sided, from Student's t with ``n - 2`` degrees of freedom (what
-  ``scipy.stats.pearsonr`` / ``spearmanr`` give); BH FDR over every tested pair.
-- empirical null (ArchR's idea): each gene against ``n_null`` random peaks from OTHER
-  chromosomes (which cannot be cis links), drawn from one seeded random pool of peaks;
-  ``p_empirical = (1 + #{null r >= r}) / (1 + n_valid_null)``, one-sided like SEACells,
-  because the links sought are positive. Deterministic for a seed and input.
-- pairs with a constant feature (e.g. a peak closed in every metacell) get NaN r/p/fdr and
-  are not counted as tests.
+- values: ``log1p(count * 1e6 / library size)`` per observation. Library sizes: the
+  modality's ``obs['library_size']`` when it has one (e.g. sci-CAR's UMIs over all genes,
+  summed per metacell by :mod:`coem.aggregate`), else the median-of-ratios size factors of
+  DESeq (``normalisation='median_ratio'``, default; robust to the composition shifts that make
+  CPM correlate unrelated features), or plain totals (``'cpm'``). Spearman ranks those values
+  per feature (average ranks for ties).
+- skipped: a pair whose gene or peak does not vary across the observations cannot be
+  correlated; it is dropped from the table and counted (``n_pairs_skipped_constant``).
+- ``r``: Pearson (default) or Spearman correlation across observations.
+- background (Signac's LinkPeaks, after SHARE-seq; :mod:`coem.background`): for a pair, the
+  gene's correlations with ``n_background`` (default 200) peaks on *other chromosomes* than
+  the gene, matched to the tested peak on mean accessibility, fraction of observations where
+  it is open and width (nested quantile bins), and on GC content when the genome is given.
+  ``bg_mean``/``bg_sd``/``bg_n`` are their mean, sd and count.
+- ``z = (r - bg_mean) / bg_sd``; a pair with fewer than 20 background peaks (or half of
+  ``n_background``, if smaller) gets no z.
+- ``p``: the upper tail of z (``alternative='greater'``, default: regulatory links sought are
+  positive, as in SEACells) or both tails (``'two-sided'``, Signac), under the **pooled
+  empirical null** of background z-scores (:class:`coem.background.PooledNull`; default) or
+  the standard normal (``null='gaussian'``, Signac's choice, which is too liberal when a
+  gene's background has heavy tails).
+- ``weight``: a distance prior ``~ 1 / (1 + |distance| / 10 kb)`` (mean 1 over the tested
+  pairs; ``distance_scale=0`` switches it off); ``fdr``: weighted Benjamini-Hochberg over every
+  tested pair (BH on ``p / weight``), which controls the FDR like BH and favours pairs near
+  the TSS, where regulatory links concentrate. Rank links by ``p / weight``.
+- without a background (``n_background=0``), ``p`` is Student's t p-value of r with
+  ``n - 2`` degrees of freedom (what ``scipy.stats.pearsonr`` gives) and ``z`` is NaN.
+- significant links: ``fdr <= 0.1`` and ``r >= 0.1`` by default (:func:`significant_links`).
 
-Normalisation is O(nnz) on the sparse matrix; correlation runs over blocks of genes and
-sub-chunks of their pairs, so at most ``obs x (genes of a block + 2 x pairs of a sub-chunk)``
-values (about 32 MB) plus ``obs x pool`` (the null pool, float32) are ever dense.
+Deterministic for a seed and input. Normalisation is O(nnz) on the sparse matrix; correlation
+runs over blocks of genes: the pairs' r as row-wise dot products of unit-norm columns, the
+background as one genes x pool product per block (single precision), so at most about
+``obs x (genes of a block + pairs of a sub-chunk)`` values plus the pool's ``obs x pool``
+float32 values are ever dense.
 """
 
 from __future__ import annotations
@@ -34,6 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
+from coem import background
 from coem._logging import get_logger
 from coem.errors import CoemInputError
 
@@ -46,6 +67,30 @@ _BLOCK_VALUES = 4_000_000
 _MIN_OBS = 3
 # genes per block / pairs per sub-chunk at most
 _MAX_CHUNK_PAIRS = 4096
+ALTERNATIVES = ("two-sided", "greater")
+NULL_MODELS = ("empirical", "gaussian")
+NORMALISATIONS = ("median_ratio", "cpm")
+# Distance prior for the FDR (weighted BH), bp; 0 switches it off.
+DISTANCE_SCALE = 10_000
+# obs column with each observation's library size (e.g. UMIs over all genes, summed per metacell)
+LIBRARY_SIZE = "library_size"
+# Background peaks per tested peak (Signac's LinkPeaks default).
+N_BACKGROUND = 200
+# Significant links: BH FDR at most 0.1 and r at least 0.1 (a positive link, above noise).
+FDR_THRESHOLD = 0.1
+MIN_R = 0.1
+# A feature whose normalised values vary less than this across observations is constant.
+_MIN_VARIANCE = 1e-12
+# Strata hold at least 2 x n_background peaks; a pool takes up to 2 x n_background of them,
+# enough for n_background after dropping the gene's chromosome.
+_STRATUM_SIZE_FACTOR = 2
+_POOL_SIZE_FACTOR = 2
+# A z-score needs at least this many background correlations (or half of n_background if smaller).
+_MIN_BACKGROUND = 20
+# genes x pool values per block of the background product (about 350 MB of temporaries)
+_BG_BLOCK_VALUES = 8_000_000
+# Fine histogram of background r for the report (re-binned there).
+_BG_BINS = 200
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -112,6 +157,7 @@ def _peak_table(peaks_var: pd.DataFrame) -> pd.DataFrame:
     centre = np.full(len(table), np.nan)
     centre[ok] = (start[ok].astype(np.int64) + end[ok].astype(np.int64)) // 2
     table["centre"] = centre
+    table["width"] = np.where(ok, end - start, np.nan)
     return table
 
 
@@ -214,9 +260,10 @@ class _Normalised:
     total stay all-zero.
     """
 
-    def __init__(self, counts):
+    def __init__(self, counts, library_size=None):
         X = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
-        totals = np.asarray(X.sum(axis=1)).ravel()
+        X.eliminate_zeros()
+        totals = np.asarray(X.sum(axis=1)).ravel() if library_size is None else np.asarray(library_size, np.float64)
         scale = np.divide(1e6, totals, out=np.zeros_like(totals), where=totals > 0)
         X.data *= np.repeat(scale, np.diff(X.indptr))
         np.log1p(X.data, out=X.data)
@@ -225,6 +272,44 @@ class _Normalised:
 
     def columns(self, cols: np.ndarray) -> np.ndarray:
         return self.X[:, cols].toarray()
+
+    def column_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, variance (ddof=0) and fraction of observations with a non-zero value, per column."""
+        n = max(1, self.shape[0])
+        mean = np.asarray(self.X.sum(axis=0)).ravel() / n
+        sq = self.X.copy()
+        sq.data **= 2
+        var = np.asarray(sq.sum(axis=0)).ravel() / n - mean * mean
+        return mean, np.clip(var, 0.0, None), np.diff(self.X.indptr) / n
+
+
+def median_ratio_library(counts) -> np.ndarray:
+    """Library sizes robust to composition (DESeq's median of ratios, Anders & Huber 2010).
+
+    CPM divides by the total, so when a few strongly expressed state markers rise, every
+    other feature's CPM falls and unrelated features correlate. The median ratio of a
+    profile to the geometric-mean profile, over features seen in every observation, is not
+    moved by a minority of changing features. Falls back to totals with fewer than 20 such
+    features. Scaled to the median total, so values stay counts-per-million-like.
+    """
+    X = sparse.csr_matrix(counts, dtype=np.float64)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    everywhere = np.flatnonzero(np.diff(X.tocsc().indptr) == X.shape[0])
+    if everywhere.size < 20:
+        return totals
+    logs = np.log(X[:, everywhere].toarray())
+    factors = np.exp(np.median(logs - logs.mean(axis=0, keepdims=True), axis=1))
+    return factors * np.median(totals) / np.median(factors)
+
+
+def _library(counts, normalisation: str, given=None):
+    """Library sizes: given ones (e.g. UMIs over all genes) win; else totals (cpm) or median ratios."""
+    if given is not None:
+        given = np.asarray(given, dtype=np.float64)
+        if given.shape != (counts.shape[0],) or not np.all(np.isfinite(given)) or np.any(given <= 0):
+            raise CoemInputError(f"library sizes must be positive numbers, one per observation ({counts.shape[0]})")
+        return given
+    return None if normalisation == "cpm" else median_ratio_library(counts)
 
 
 def cpm_log1p(counts) -> np.ndarray:
@@ -258,6 +343,15 @@ def t_test_p(r: np.ndarray, n_obs: int) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, np.clip(p, 0.0, 1.0))
 
 
+def z_test_p(z: np.ndarray, alternative: str = "greater") -> np.ndarray:
+    """p of a background z-score: two-sided (Signac) or one-sided for positive links ('greater')."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    z = np.asarray(z, dtype=np.float64)
+    p = 2.0 * stats.norm.sf(np.abs(z)) if alternative == "two-sided" else stats.norm.sf(z)
+    return np.where(np.isnan(z), np.nan, np.clip(p, 0.0, 1.0))
+
+
 def bh_fdr(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p (q-values); NaN p stay NaN and do not count as tests."""
     p = np.asarray(p, dtype=np.float64)
@@ -272,6 +366,35 @@ def bh_fdr(p: np.ndarray) -> np.ndarray:
     return q
 
 
+def distance_weights(distance: np.ndarray, scale: float) -> np.ndarray | None:
+    """Weights of the distance prior, mean 1 over the given pairs (None when ``scale`` is 0).
+
+    ``w ~ 1 / (1 + |distance| / scale)``: the chromatin-contact decay that the ABC model uses
+    (Fulco et al. 2019), so a peak at the promoter weighs about ``1 + window / scale`` times
+    one at the window's edge. Fixed before any p-value is seen, as weighted BH requires.
+    """
+    if scale <= 0:
+        return None
+    raw = 1.0 / (1.0 + np.abs(np.asarray(distance, dtype=np.float64)) / scale)
+    return raw / raw.mean() if raw.size else raw
+
+
+def weighted_bh_fdr(p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Benjamini-Hochberg (Genovese, Roeder & Wasserman 2006): BH on ``p / w``.
+
+    With a-priori weights of mean 1 over the tests it controls the FDR like BH, and gives
+    more power to the pairs the prior favours. ``weights`` are renormalised over the finite p.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    ok = np.isfinite(p) & (w > 0)
+    scaled = np.full_like(p, np.nan)
+    if ok.any():
+        w_ok = w[ok] / w[ok].mean()
+        scaled[ok] = p[ok] / w_ok
+    return bh_fdr(scaled)
+
+
 # ----------------------------------------------------------------------------- correlation
 
 
@@ -284,40 +407,194 @@ def _gene_blocks(gene_idx: np.ndarray, genes_per_block: int) -> list[np.ndarray]
     return np.split(order, bounds[1:])
 
 
-def _null_pool(n_peaks: int, n_null: int, rng: np.random.Generator) -> np.ndarray:
-    """Random peaks the null draws from (a uniform subset, so each draw stays uniform).
+def _weighted_median(centres: np.ndarray, weights: np.ndarray) -> float:
+    total = weights.sum()
+    if total <= 0:
+        return float("nan")
+    return float(centres[np.searchsorted(np.cumsum(weights), total / 2.0)])
 
-    A shared pool turns the null into one genes x pool product per block of genes.
+
+class LinkTester:
+    """Correlations of gene-peak pairs with a matched-background z-test, on one data set.
+
+    Built once per data set (normalisation, feature variance, peak features, strata and
+    background pools); :meth:`test` then scores any set of pairs. See :mod:`coem.background`
+    for how the background is matched and the module docstring for the statistics.
+
+    ``peak_chrom`` (one per ATAC column) is needed for a background; with ``n_background=0`` or
+    without it, ``z`` is NaN and ``p`` is Student's t p-value of r (no background).
     """
-    size = min(n_peaks, max(3 * n_null, 300))
-    return np.sort(rng.choice(n_peaks, size=size, replace=False))
 
+    def __init__(self, rna_counts, atac_counts, method: str = "pearson", n_background: int = N_BACKGROUND,
+                 seed: int = 0, peak_chrom=None, peak_width=None, gc=None, alternative: str = "greater",
+                 normalisation: str = "median_ratio", null: str = "empirical", rna_library=None, atac_library=None,
+                 distance_scale: float = DISTANCE_SCALE):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if alternative not in ALTERNATIVES:
+            raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+        if n_background < 0:
+            raise ValueError(f"n_background must be >= 0, got {n_background}")
+        n_obs = rna_counts.shape[0]
+        if atac_counts.shape[0] != n_obs:
+            raise CoemInputError(f"RNA has {n_obs} observations but ATAC has {atac_counts.shape[0]}; they must match")
+        if n_obs < _MIN_OBS:
+            raise CoemInputError(
+                f"peak-to-gene correlation needs at least {_MIN_OBS} observations (metacells), got {n_obs}; "
+                "use fewer cells per metacell or more cells"
+            )
+        if null not in NULL_MODELS:
+            raise ValueError(f"null must be one of {NULL_MODELS}, got {null!r}")
+        if not distance_scale >= 0:
+            raise ValueError(f"distance_scale must be >= 0 (0 = no distance prior), got {distance_scale}")
+        self.method, self.alternative, self.n_obs, self.null_model = method, alternative, n_obs, null
+        self.distance_scale = float(distance_scale)
+        self.n_background = int(n_background)
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        self.R = _Normalised(rna_counts, _library(rna_counts, normalisation, rna_library))
+        self.A = _Normalised(atac_counts, _library(atac_counts, normalisation, atac_library))
+        _, gene_var, _ = self.R.column_stats()
+        peak_mean, peak_var, open_fraction = self.A.column_stats()
+        self.gene_varies = gene_var > _MIN_VARIANCE
+        self.peak_varies = peak_var > _MIN_VARIANCE
+        self.pools = None
+        self.features = None
+        if self.n_background > 0 and peak_chrom is not None:
+            width = np.full(self.A.shape[1], np.nan) if peak_width is None else np.asarray(peak_width, np.float64)
+            self.features = background.peak_match_features(peak_mean, open_fraction, width, gc)
+            self._build_background(_as_str_chrom(np.asarray(peak_chrom, dtype=object)), seed)
 
-def _null_for_genes(zg, pool_z, pool_chrom, gene_chrom, n_null, rng):
-    """n_null correlations per gene with pool peaks on other chromosomes (NaN where unavailable).
+    def _build_background(self, peak_chrom: np.ndarray, seed: int) -> None:
+        """Strata over the peaks that vary, one pool per stratum, and the pool's dense values."""
+        varying = np.flatnonzero(self.peak_varies & pd.notna(peak_chrom))
+        stratum = np.full(self.A.shape[1], -1, dtype=np.int64)
+        min_size = _STRATUM_SIZE_FACTOR * self.n_background
+        stratum[varying] = background.nested_strata(self.features.iloc[varying], min_size)
+        rng = np.random.default_rng(seed)
+        self.pools = background.build_pools(np.maximum(stratum, 0), peak_chrom, self.n_background,
+                                            _POOL_SIZE_FACTOR * self.n_background, rng, candidates=varying)
+        self.pools.stratum = stratum
+        self.pool_z = _dense_block(self.A, self.pools.columns, self.method).astype(np.float32)
 
-    Single precision is plenty for a null distribution and halves the cost of the product.
-    """
-    corr = (zg.T.astype(np.float32) @ pool_z).astype(np.float64)  # genes x pool
-    keys = rng.random(corr.shape)
-    keys[pool_chrom[None, :] == gene_chrom[:, None]] = np.inf
-    keys[np.isnan(corr)] = np.inf
-    take = np.argsort(keys, axis=1)[:, :n_null]
-    rows = np.arange(corr.shape[0])[:, None]
-    null = corr[rows, take]
-    null[~np.isfinite(keys[rows, take])] = np.nan
-    return null
+    @property
+    def n_strata(self) -> int:
+        return 0 if self.pools is None else self.pools.n_strata
 
+    def test(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Score ``pairs`` (integer ``gene_idx``/``peak_idx``; ``chrom`` = the gene's chromosome).
 
-def _row_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sd (ddof=1) per row ignoring NaN; NaN where a row has too few values."""
-    finite = np.isfinite(values)
-    n = finite.sum(axis=1)
-    filled = np.where(finite, values, 0.0)
-    mean = np.divide(filled.sum(axis=1), n, out=np.full(len(n), np.nan), where=n > 0)
-    dev = np.where(finite, values - mean[:, None], 0.0)
-    var = np.divide((dev * dev).sum(axis=1), n - 1, out=np.full(len(n), np.nan), where=n > 1)
-    return mean, np.sqrt(var)
+        Pairs with a gene or peak that does not vary across observations are dropped (counted
+        in ``attrs``). Returns a copy of the kept pairs with ``r, z, p, fdr, bg_mean, bg_sd, bg_n``.
+        """
+        for col in ("gene_idx", "peak_idx"):
+            if col not in pairs.columns:
+                raise ValueError(f"pairs needs integer column '{col}' (as candidate_pairs returns)")
+        g_all = pairs["gene_idx"].to_numpy(np.int64)
+        p_all = pairs["peak_idx"].to_numpy(np.int64)
+        testable = self.gene_varies[g_all] & self.peak_varies[p_all]
+        use_bg = self.pools is not None and "chrom" in pairs.columns
+        kept = pairs.loc[testable].reset_index(drop=True)
+        g_all, p_all = g_all[testable], p_all[testable]
+        cols = {name: np.full(len(kept), np.nan) for name in ("r", "bg_mean", "bg_sd", "bg_n")}
+        bg_hist = np.zeros(_BG_BINS)
+        self.null = background.PooledNull()
+        gene_chrom = _as_str_chrom(kept["chrom"].to_numpy()) if use_bg else None
+        for block in self._blocks(g_all):
+            genes, g_local = np.unique(g_all[block], return_inverse=True)
+            zg = _dense_block(self.R, genes, self.method)
+            cols["r"][block] = self._pair_r(zg, g_local, p_all[block])
+            if use_bg:
+                first = block[np.unique(g_local, return_index=True)[1]]
+                self._background_block(zg, gene_chrom[first], g_local, p_all[block], block, cols, bg_hist)
+        return self._finish(pairs, kept, testable, cols, bg_hist)
+
+    def _blocks(self, g_all: np.ndarray) -> list[np.ndarray]:
+        """Gene blocks within the dense budget (pair columns, and genes x pool for the background)."""
+        per_part = int(np.clip(_BLOCK_VALUES // (4 * self.n_obs), 1, _MAX_CHUNK_PAIRS))
+        if self.pools is not None and len(self.pools.columns):
+            per_part = max(1, min(per_part, _BG_BLOCK_VALUES // len(self.pools.columns)))
+        self._per_part = per_part
+        return _gene_blocks(g_all, per_part)
+
+    def _pair_r(self, zg: np.ndarray, g_local: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+        """Row-wise dot products of unit-norm columns (no genes x peaks product)."""
+        r = np.empty(len(peaks))
+        for start in range(0, len(peaks), self._per_part):
+            part = slice(start, start + self._per_part)
+            zp = _dense_block(self.A, peaks[part], self.method)
+            r[part] = np.einsum("ij,ij->j", zg[:, g_local[part]], zp)
+        return np.clip(r, -1.0, 1.0)
+
+    def _background_block(self, zg, gene_chrom, g_local, peaks, block, cols, bg_hist) -> None:
+        """Each gene's correlations with its background in every stratum, then per pair."""
+        pools = self.pools
+        corr = zg.T.astype(np.float32) @ self.pool_z  # genes x pool, single precision is plenty here
+        selected = pools.selection(gene_chrom) & np.isfinite(corr)
+        n, mean, sd = background.segment_stats(corr, selected, pools.starts)
+        stratum = pools.stratum[peaks]
+        has = stratum >= 0  # peaks without a chromosome have no stratum
+        rows, strata, where = g_local[has], stratum[has], block[has]
+        cols["bg_n"][where] = n[rows, strata]
+        cols["bg_mean"][where] = mean[rows, strata]
+        cols["bg_sd"][where] = sd[rows, strata]
+        # the background r (for the report) and z (the pooled null) distributions, weighted so
+        # that each (gene, stratum) background counts as often as tested pairs use it
+        uses = np.zeros(n.shape)
+        np.add.at(uses, (rows, strata), 1.0)
+        widths = np.diff(pools.starts)
+        weights = np.repeat(uses / np.maximum(n, 1), widths, axis=1)[selected]
+        in_use = weights > 0
+        values = corr[selected][in_use].astype(np.float64)
+        weights = weights[in_use]
+        hist, _ = np.histogram(np.clip(values, -1, 1), bins=_BG_BINS, range=(-1.0, 1.0), weights=weights)
+        bg_hist += hist
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z_bg = (values - np.repeat(mean, widths, axis=1)[selected][in_use]) / np.repeat(sd, widths, axis=1)[selected][in_use]
+        fine = np.isfinite(z_bg)
+        self.null.add(z_bg[fine], weights[fine])
+
+    def _finish(self, pairs, kept, testable, cols, bg_hist) -> pd.DataFrame:
+        out = kept.copy()
+        r, bg_n = cols["r"], cols["bg_n"]
+        out["r"] = r
+        if self.pools is not None and "chrom" in pairs.columns:
+            need = max(3, min(_MIN_BACKGROUND, -(-self.n_background // 2)))
+            ok = np.isfinite(r) & (bg_n >= need) & (cols["bg_sd"] > 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                z = np.where(ok, (r - cols["bg_mean"]) / cols["bg_sd"], np.nan)
+            if self.null_model == "empirical":
+                p, test = self.null.p_values(z, self.alternative), "matched background z, pooled empirical null"
+            else:
+                p, test = z_test_p(z, self.alternative), "matched background z, Gaussian null"
+        else:
+            z, p, test = np.full(len(out), np.nan), t_test_p(r, self.n_obs), "Student's t (no background)"
+        out["z"] = z
+        out["p"] = p
+        weights = distance_weights(out["distance"].to_numpy(), self.distance_scale) if "distance" in out.columns else None
+        out["fdr"] = bh_fdr(p) if weights is None else weighted_bh_fdr(p, weights)
+        out["bg_mean"] = cols["bg_mean"]
+        out["bg_sd"] = cols["bg_sd"]
+        out["bg_n"] = np.nan_to_num(bg_n, nan=0).astype(np.int64)
+        out["weight"] = 1.0 if weights is None else weights
+        g_all = pairs["gene_idx"].to_numpy(np.int64)
+        p_all = pairs["peak_idx"].to_numpy(np.int64)
+        centres = np.linspace(-1 + 1 / _BG_BINS, 1 - 1 / _BG_BINS, _BG_BINS)
+        out.attrs["test"] = {
+            "test": test,
+            "alternative": self.alternative,
+            "n_candidate_pairs": int(len(pairs)),
+            "n_pairs_skipped_constant": int((~testable).sum()),
+            "n_genes_constant": int(np.unique(g_all[~self.gene_varies[g_all]]).size),
+            "n_peaks_constant": int(np.unique(p_all[~self.peak_varies[p_all]]).size),
+            "n_pairs_without_background": int((np.isnan(z) & np.isfinite(r)).sum()) if test != "Student's t (no background)" else 0,
+            "n_strata": self.n_strata,
+            "n_background": self.n_background,
+            "n_null_values": self.null.n_values if self.pools is not None else 0,
+            "background_hist": bg_hist.tolist(),
+            "background_median_r": _weighted_median(centres, bg_hist),
+        }
+        return out
 
 
 def correlate_pairs(
@@ -325,112 +602,68 @@ def correlate_pairs(
     atac_counts,
     pairs: pd.DataFrame,
     method: str = "pearson",
-    n_null: int = 100,
+    n_background: int = N_BACKGROUND,
     seed: int = 0,
     peak_chrom=None,
+    peak_width=None,
+    gc=None,
+    alternative: str = "greater",
+    normalisation: str = "median_ratio",
+    null: str = "empirical",
+    rna_library=None,
+    atac_library=None,
+    distance_scale: float = DISTANCE_SCALE,
 ) -> pd.DataFrame:
-    """Correlation, p, BH FDR and empirical p for each gene-peak pair.
+    """r, background z, p and BH FDR for each gene-peak pair (a one-shot :class:`LinkTester`).
 
     ``rna_counts``/``atac_counts``: raw counts, observations x features (sparse or dense).
-    ``pairs``: needs integer ``gene_idx``/``peak_idx`` (columns of the two matrices), as
-    :func:`candidate_pairs` returns. The empirical null needs ``pairs['chrom']`` (the gene's
-    chromosome) and ``peak_chrom`` (one per ATAC column); without them, or with ``n_null=0``,
-    ``p_empirical``/``null_mean``/``null_sd`` are NaN. Returns a copy of ``pairs`` with
-    ``r, p, fdr, p_empirical, null_mean, null_sd``; ``result.attrs['null']`` holds the pooled
-    null's mean, sd and size.
+    ``pairs``: integer ``gene_idx``/``peak_idx`` (columns of the two matrices) and ``chrom``
+    (the gene's chromosome), as :func:`candidate_pairs` returns. Pairs whose gene or peak is
+    constant are dropped and counted in ``result.attrs['test']``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    n_obs = rna_counts.shape[0]
-    if atac_counts.shape[0] != n_obs:
-        raise CoemInputError(f"RNA has {n_obs} observations but ATAC has {atac_counts.shape[0]}; they must match")
-    if n_obs < _MIN_OBS:
-        raise CoemInputError(
-            f"peak-to-gene correlation needs at least {_MIN_OBS} observations (metacells), got {n_obs}; "
-            "use fewer cells per metacell or more cells"
-        )
-    for col in ("gene_idx", "peak_idx"):
-        if col not in pairs.columns:
-            raise ValueError(f"pairs needs integer column '{col}' (as candidate_pairs returns)")
-    R, A = _Normalised(rna_counts), _Normalised(atac_counts)
-    g_all = pairs["gene_idx"].to_numpy(np.int64)
-    p_all = pairs["peak_idx"].to_numpy(np.int64)
-
-    use_null = n_null > 0 and peak_chrom is not None and "chrom" in pairs.columns
-    rng = np.random.default_rng(seed)
-    if use_null:
-        peak_chrom = _as_str_chrom(np.asarray(peak_chrom, dtype=object))
-        pool = _null_pool(A.shape[1], n_null, rng)
-        pool_z = _dense_block(A, pool, method).astype(np.float32)
-        pool_chrom = peak_chrom[pool]
-        gene_chrom_all = pairs["chrom"].astype(str).to_numpy()
-
-    r = np.full(len(pairs), np.nan)
-    p_emp = np.full(len(pairs), np.nan)
-    null_mean = np.full(len(pairs), np.nan)
-    null_sd = np.full(len(pairs), np.nan)
-    null_values = []
-    # dense budget: genes of a block + peaks of a sub-chunk + their gathered gene columns
-    per_part = int(np.clip(_BLOCK_VALUES // (4 * n_obs), 1, _MAX_CHUNK_PAIRS))
-    for block in _gene_blocks(g_all, per_part):
-        genes, g_local = np.unique(g_all[block], return_inverse=True)
-        zg = _dense_block(R, genes, method)
-        for start in range(0, len(block), per_part):
-            part = slice(start, start + per_part)
-            zp = _dense_block(A, p_all[block[part]], method)
-            # row-wise dot products (no genes x peaks product, no BLAS threads to contend for)
-            r[block[part]] = np.einsum("ij,ij->j", zg[:, g_local[part]], zp)
-        r[block] = np.clip(r[block], -1.0, 1.0)
-        if use_null:
-            first = block[np.unique(g_local, return_index=True)[1]]
-            null = _null_for_genes(zg, pool_z, pool_chrom, gene_chrom_all[first], n_null, rng)
-            null_values.append(null[np.isfinite(null)])
-            g_mean, g_sd = _row_stats(null)
-            per_pair = null[g_local]
-            n_valid = np.isfinite(per_pair).sum(axis=1)
-            with np.errstate(invalid="ignore"):
-                n_ge = (per_pair >= r[block][:, None]).sum(axis=1)
-            ok = (n_valid > 0) & np.isfinite(r[block])
-            p_emp[block] = np.where(ok, (1.0 + n_ge) / (1.0 + n_valid), np.nan)
-            null_mean[block] = g_mean[g_local]
-            null_sd[block] = g_sd[g_local]
-
-    out = pairs.copy()
-    out["r"] = r
-    out["p"] = t_test_p(r, n_obs)
-    out["fdr"] = bh_fdr(out["p"].to_numpy())
-    out["p_empirical"] = p_emp
-    out["null_mean"] = null_mean
-    out["null_sd"] = null_sd
-    pooled = np.concatenate(null_values) if null_values else np.array([])
-    out.attrs["null"] = {
-        "n": int(pooled.size),
-        "mean": float(pooled.mean()) if pooled.size else float("nan"),
-        "sd": float(pooled.std(ddof=1)) if pooled.size > 1 else float("nan"),
-    }
-    return out
+    tester = LinkTester(rna_counts, atac_counts, method=method, n_background=n_background, seed=seed,
+                        peak_chrom=peak_chrom, peak_width=peak_width, gc=gc, alternative=alternative,
+                        normalisation=normalisation, null=null, rna_library=rna_library, atac_library=atac_library,
+                        distance_scale=distance_scale)
+    return tester.test(pairs)
 
 
 # ----------------------------------------------------------------------------- top level
 
 
-def summarise(links: pd.DataFrame) -> dict[str, Any]:
-    """The numbers the report shows: pairs, genes, fraction negative/significant, median r."""
-    tested = links[np.isfinite(links["r"].to_numpy())]
-    r = tested["r"].to_numpy()
-    n = len(tested)
-    null = links.attrs.get("null", {})
+def significant_links(links: pd.DataFrame, fdr: float = FDR_THRESHOLD, min_r: float = MIN_R) -> pd.DataFrame:
+    """Positive links that pass both cut-offs: ``fdr <= fdr`` and ``r >= min_r``, sorted by gene then p."""
+    keep = (links["fdr"].to_numpy() <= fdr) & (links["r"].to_numpy() >= min_r)
+    return links.loc[keep].sort_values(["gene", "p", "distance"], kind="stable").reset_index(drop=True)
+
+
+def summarise(links: pd.DataFrame, fdr: float = FDR_THRESHOLD, min_r: float = MIN_R) -> dict[str, Any]:
+    """The numbers the report shows: pairs tested/skipped, significant links, r of pairs and background."""
+    r = links["r"].to_numpy()
+    n = len(links)
+    test = links.attrs.get("test", {})
+    significant = significant_links(links, fdr, min_r)
     return {
-        "n_candidate_pairs": int(len(links)),
+        "n_candidate_pairs": int(test.get("n_candidate_pairs", n)),
         "n_pairs": int(n),
-        "n_genes": int(tested["gene"].nunique()),
-        "n_peaks": int(tested["peak"].nunique()),
+        "n_pairs_skipped_constant": int(test.get("n_pairs_skipped_constant", 0)),
+        "n_genes_constant": int(test.get("n_genes_constant", 0)),
+        "n_peaks_constant": int(test.get("n_peaks_constant", 0)),
+        "n_pairs_without_background": int(test.get("n_pairs_without_background", 0)),
+        "n_genes": int(links["gene"].nunique()),
+        "n_peaks": int(links["peak"].nunique()),
+        "n_significant": int(len(significant)),
+        "n_significant_genes": int(significant["gene"].nunique()),
         "fraction_negative": float((r < 0).mean()) if n else float("nan"),
-        "fraction_significant_positive": float(((tested["fdr"] < 0.1) & (tested["r"] > 0)).mean()) if n else float("nan"),
+        "fraction_significant": float(len(significant) / n) if n else float("nan"),
         "median_r": float(np.median(r)) if n else float("nan"),
-        "null_mean_r": null.get("mean", float("nan")),
-        "null_sd_r": null.get("sd", float("nan")),
-        "n_null": null.get("n", 0),
+        "background_median_r": float(test.get("background_median_r", float("nan"))),
+        "median_bg_sd": float(np.nanmedian(links["bg_sd"])) if n and np.isfinite(links["bg_sd"]).any() else float("nan"),
+        "test": test.get("test", ""),
+        "alternative": test.get("alternative", ""),
+        "n_strata": int(test.get("n_strata", 0)),
+        "fdr_threshold": float(fdr),
+        "min_r": float(min_r),
     }
 
 
@@ -439,14 +672,23 @@ def peak_to_gene(
     window: int = 100_000,
     method: str = "pearson",
     anchor: str = "tss",
-    n_null: int = 100,
+    n_background: int = N_BACKGROUND,
     seed: int = 0,
+    gc=None,
+    alternative: str = "greater",
+    normalisation: str = "median_ratio",
+    null: str = "empirical",
+    distance_scale: float = DISTANCE_SCALE,
+    fdr: float = FDR_THRESHOLD,
+    min_r: float = MIN_R,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Peak-to-gene links on an aggregated MuData (obs = metacells; works on cells too).
 
-    Returns (links, summary): links has gene, peak, distance, chrom, r, p, fdr, p_empirical,
-    null_mean, null_sd (sorted by gene then distance); summary is :func:`summarise` plus the
-    parameters and the number of observations.
+    ``gc``: optional GC fraction per ATAC feature (array in var order, or a Series indexed by
+    peak name), e.g. from :func:`coem.genome.peak_gc`. Returns (links, summary): links has
+    gene, peak, chrom, distance, r, z, p, fdr, bg_mean, bg_sd, bg_n (sorted by gene then
+    distance; ``links.attrs['test']`` holds the test's counts and the background r histogram);
+    summary is :func:`summarise` plus the parameters and the number of observations.
     """
     for mod in ("rna", "atac"):
         if mod not in mdata_aggregated.mod:
@@ -460,16 +702,28 @@ def peak_to_gene(
     if rna.n_obs != atac.n_obs or not np.array_equal(rna.obs_names, atac.obs_names):
         raise CoemInputError("RNA and ATAC observations differ; both modalities must hold the same metacells in order")
     pairs = candidate_pairs(rna.var, atac.var, window=window, anchor=anchor)
+    peaks = _peak_table(atac.var)
+    if isinstance(gc, pd.Series):
+        gc = gc.reindex(atac.var_names).to_numpy(dtype=np.float64)
     links = correlate_pairs(
-        rna.X, atac.X, pairs, method=method, n_null=n_null, seed=seed, peak_chrom=atac.var["chrom"].to_numpy()
+        rna.X, atac.X, pairs, method=method, n_background=n_background, seed=seed,
+        peak_chrom=peaks["chrom"].to_numpy(), peak_width=peaks["width"].to_numpy(), gc=gc, alternative=alternative,
+        normalisation=normalisation, null=null,
+        rna_library=_obs_library(rna), atac_library=_obs_library(atac), distance_scale=distance_scale,
     )
-    null = links.attrs.get("null", {})
+    test = links.attrs.get("test", {})
     links = links.sort_values(["gene", "distance"], kind="stable").reset_index(drop=True)
-    links.attrs["null"] = null
-    summary = summarise(links)
+    links = links.drop(columns=["gene_idx", "peak_idx"])
+    links.attrs["test"] = test
+    summary = summarise(links, fdr, min_r)
     summary.update({"n_obs": int(rna.n_obs), "window": int(window), "method": method, "anchor": anchor,
-                    "n_null_per_gene": int(n_null), "seed": int(seed)})
-    return links.drop(columns=["gene_idx", "peak_idx"]), summary
+                    "n_background": int(n_background), "gc_matched": gc is not None, "seed": int(seed)})
+    return links, summary
+
+
+def _obs_library(adata):
+    """``obs['library_size']`` when the modality carries one (else None: computed from the counts)."""
+    return adata.obs[LIBRARY_SIZE].to_numpy(dtype=np.float64) if LIBRARY_SIZE in adata.obs else None
 
 
 def r_histogram(r: np.ndarray, bins: int = 40) -> dict[float, float]:
@@ -479,4 +733,14 @@ def r_histogram(r: np.ndarray, bins: int = 40) -> dict[float, float]:
     counts, edges = np.histogram(r, bins=bins, range=(-1.0, 1.0))
     frac = counts / max(1, r.size)
     centres = (edges[:-1] + edges[1:]) / 2
+    return {round(float(c), 4): float(f) for c, f in zip(centres, frac)}
+
+
+def rebin_histogram(counts, bins: int = 40) -> dict[float, float]:
+    """A fine histogram on [-1, 1] (e.g. ``attrs['test']['background_hist']``) as fractions in ``bins`` bins."""
+    counts = np.asarray(counts, dtype=np.float64)
+    factor = len(counts) // bins
+    coarse = counts[: factor * bins].reshape(bins, factor).sum(axis=1)
+    frac = coarse / max(coarse.sum(), 1e-300)
+    centres = np.linspace(-1 + 1 / bins, 1 - 1 / bins, bins)
     return {round(float(c), 4): float(f) for c, f in zip(centres, frac)}

@@ -69,7 +69,7 @@ def build_parser():
     p2g = parser.add_argument_group("peak-to-gene")
     p2g.add_argument("--p2g-window", type=int, default=100_000, help="bp around TSS / gene body (default 100000)")
     p2g.add_argument("--p2g-null", type=int, default=0,
-                     help="empirical-null peaks per gene (default 0: only the sign of r is used here)")
+                     help="matched background peaks per tested peak (default 0: only the sign of r is used here)")
     return parser
 
 
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {baselines.COEM_METHOD: spectral, **results}, components, labels, mdata,
             assignments={baselines.COEM_METHOD: coem_ids},
             progress=lambda m, s: log.info("%s: scored %s (metrics, peak-to-gene) in %.2f s", args.sample, m, s),
-            window=args.p2g_window, n_null=args.p2g_null, seed=args.seed)
+            window=args.p2g_window, n_background=args.p2g_null, seed=args.seed)
         timings["compare_s"] = round(time.perf_counter() - start, 3)
     except CoemInputError as err:
         raise err.with_context(sample=args.sample, file=args.input) from err

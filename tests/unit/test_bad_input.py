@@ -305,7 +305,7 @@ def test_no_gene_tss(case, sim, bad, out, capsys):
         rna.var = rna.var.drop(columns=["chrom", "tss"])
     path = bad / "S1.aggregated.h5mu"
     aggregated.write(str(path))
-    rc, message = run_step("peak2gene", ["--sample", SAMPLE, "--input", str(path), "--n-null", "5"], capsys)
+    rc, message = run_step("peak2gene", ["--sample", SAMPLE, "--input", str(path), "--n-background", "5"], capsys)
     assert_rejected(rc, message, out, path, [*NO_TSS[case], "the samplesheet's 'annotation' column"])
 
 

@@ -65,7 +65,7 @@ def test_no_step_densifies_the_cells_by_features_matrix(sim_h5mu, tmp_path, monk
         assert metacells.main(common + ["--input", "S.embed.h5mu", "--cells-per-metacell", "50"]) == 0
         assert aggregate.main(common + ["--input", "S.metacells.h5mu"]) == 0
         assert peak2gene.main(common + ["--input", "S.aggregated.h5mu", "--cells", "S.metacells.h5mu",
-                                        "--max-cells", "1000", "--n-null", "5"]) == 0
+                                        "--max-cells", "1000", "--n-background", "5"]) == 0
         assert evaluate.main(common + ["--input", "S.metacells.h5mu", "--n-hvg", "200"]) == 0
         assert train_vae.main(["--sample", "S", "--prefix", "V", "--input", "S.qc.h5mu", "--epochs", "1",
                                "--batch-size", "128", "--n-genes", "200", "--threads", "1"]) == 0

@@ -164,19 +164,20 @@ def test_searchsorted_matches_brute_force_on_random_layout():
 
 def test_pearson_r_and_p_equal_scipy():
     rna, atac, pairs = _random_layout(np.random.default_rng(0))
-    out = correlate_pairs(rna, sparse.csr_matrix(atac), pairs, method="pearson", n_null=0)
+    out = correlate_pairs(rna, sparse.csr_matrix(atac), pairs, method="pearson", n_background=0, normalisation="cpm")
     x, y = _log_cpm(rna), _log_cpm(atac)
     for (g, p), r, pv in zip(pairs[["gene_idx", "peak_idx"]].itertuples(index=False), out["r"], out["p"]):
         ref = stats.pearsonr(x[:, g], y[:, p])
         assert r == pytest.approx(ref.statistic, abs=1e-6)
         assert pv == pytest.approx(ref.pvalue, rel=1e-4, abs=1e-9)
-    assert out["p_empirical"].isna().all()  # n_null=0: no null
+    assert out["z"].isna().all()  # no background: Student's t p-values
+    assert out.attrs["test"]["test"].startswith("Student")
 
 
 def test_spearman_equals_scipy_with_ties():
     rna, atac, pairs = _random_layout(np.random.default_rng(1))
     atac = (atac > 1).astype(float)  # many ties, as binary ATAC has
-    out = correlate_pairs(rna, atac, pairs, method="spearman", n_null=0)
+    out = correlate_pairs(rna, atac, pairs, method="spearman", n_background=0, normalisation="cpm")
     x, y = _log_cpm(rna), _log_cpm(atac)
     for (g, p), r, pv in zip(pairs[["gene_idx", "peak_idx"]].itertuples(index=False), out["r"], out["p"]):
         ref = stats.spearmanr(x[:, g], y[:, p])
@@ -190,26 +191,31 @@ def test_chunking_does_not_change_results(monkeypatch, block_values):
     pairs = pairs.sample(frac=1.0, random_state=0).reset_index(drop=True)  # pairs in any order
     pairs = pairs.assign(chrom=np.where(pairs["gene_idx"] < 6, "chr1", "chr2"))
     peak_chrom = np.where(np.arange(15) < 8, "chr1", "chr2")
-    whole = correlate_pairs(rna, atac, pairs, n_null=5, peak_chrom=peak_chrom, seed=4)
+    kw = dict(n_background=3, peak_chrom=peak_chrom, seed=4, normalisation="cpm")
+    whole = correlate_pairs(rna, atac, pairs, **kw)
     blocks = p2g._gene_blocks(pairs["gene_idx"].to_numpy(), 5)
     assert [len(np.unique(pairs["gene_idx"].to_numpy()[b])) for b in blocks] == [5, 5, 2]  # genes never split
     monkeypatch.setattr(p2g, "_BLOCK_VALUES", block_values)
-    chunked = correlate_pairs(rna, atac, pairs, n_null=5, peak_chrom=peak_chrom, seed=4)
-    np.testing.assert_allclose(chunked["r"], whole["r"], atol=1e-12)
-    np.testing.assert_allclose(chunked["fdr"], whole["fdr"], atol=1e-12)
+    monkeypatch.setattr(p2g, "_BG_BLOCK_VALUES", block_values // 4)
+    monkeypatch.setattr(p2g, "_MIN_BACKGROUND", 2)
+    chunked = correlate_pairs(rna, atac, pairs, **kw)
+    for col in ("r", "bg_mean", "bg_sd"):
+        np.testing.assert_allclose(chunked[col], whole[col], atol=1e-6)
     x, y = _log_cpm(rna), _log_cpm(atac)
     g, p = pairs.loc[7, ["gene_idx", "peak_idx"]]
     assert chunked.loc[7, "r"] == pytest.approx(np.corrcoef(x[:, g], y[:, p])[0, 1], abs=1e-9)
 
 
-def test_constant_feature_gives_nan_and_is_not_tested():
-    rna, atac, pairs = _random_layout(np.random.default_rng(5), n_genes=2, n_peaks=3)
+def test_constant_features_are_skipped_and_counted():
+    rna, atac, pairs = _random_layout(np.random.default_rng(5), n_genes=3, n_peaks=4)
     atac[:, 1] = 0  # never open
-    out = correlate_pairs(rna, atac, pairs, n_null=0)
-    assert out.loc[out["peak_idx"] == 1, ["r", "p", "fdr"]].isna().all().all()
-    # BH counts only the 4 finite tests
-    finite = out["p"].notna()
-    np.testing.assert_allclose(out.loc[finite, "fdr"], bh_fdr(out.loc[finite, "p"].to_numpy()))
+    rna[:, 2] = 0  # never expressed
+    out = correlate_pairs(rna, atac, pairs, n_background=0)
+    assert set(out["peak_idx"]) == {0, 2, 3} and set(out["gene_idx"]) == {0, 1}
+    test = out.attrs["test"]
+    assert test["n_pairs_skipped_constant"] == 12 - 6
+    assert test["n_genes_constant"] == 1 and test["n_peaks_constant"] == 1
+    np.testing.assert_allclose(out["fdr"], bh_fdr(out["p"].to_numpy()))  # only the 6 tested pairs count
 
 
 def test_bh_equals_hand_computation():
@@ -223,48 +229,130 @@ def test_bh_equals_hand_computation():
     np.testing.assert_allclose(bh_fdr(q), stats.false_discovery_control(q, method="bh"), rtol=1e-12)
 
 
-def test_empirical_null_uses_only_other_chromosomes_and_is_seeded():
-    """chr1 holds the gene and 40 peaks that copy its counts; chr2 holds 30 noise peaks.
-
-    If any chr1 peak entered the null, its r (equal to the cis r) would tie with the cis pairs and raise
-    their empirical p above its floor 1 / (1 + n_null).
-    """
-    rng = np.random.default_rng(7)
-    n_obs, n_null = 30, 10
-    gene = rng.poisson(20, size=(n_obs, 1)) + 1
-    cis = np.repeat(gene, 40, axis=1)
-    noise = rng.poisson(5, size=(n_obs, 30))
-    atac = np.hstack([cis, noise])
-    pairs = pd.DataFrame({"gene_idx": 0, "peak_idx": np.arange(40), "chrom": "chr1"})
-    peak_chrom = np.array(["chr1"] * 40 + ["chr2"] * 30)
-    # rna needs 2 columns for CPM to vary: add a constant-ish companion gene
-    rna = np.hstack([gene, np.full((n_obs, 1), 50)])
-    out = correlate_pairs(rna, atac, pairs, n_null=n_null, peak_chrom=peak_chrom, seed=0)
-    assert np.ptp(out["r"]) < 1e-9 and out["r"].iloc[0] > 0.8  # 40 identical cis pairs
-    np.testing.assert_allclose(out["p_empirical"], 1 / (1 + n_null))
-    assert out["null_mean"].iloc[0] < 0.6 and out["null_sd"].iloc[0] > 0
-    assert out.attrs["null"]["n"] == n_null
-    again = correlate_pairs(rna, atac, pairs, n_null=n_null, peak_chrom=peak_chrom, seed=0)
-    other = correlate_pairs(rna, atac, pairs, n_null=n_null, peak_chrom=peak_chrom, seed=1)
-    assert again["null_mean"].iloc[0] == out["null_mean"].iloc[0]
-    assert other["null_mean"].iloc[0] != out["null_mean"].iloc[0]
+def test_weighted_bh_and_distance_weights():
+    # weights 2, 1, 1, 0 (mean 1): BH on p / w = 0.005, 0.03, 0.04 over the 3 testable pairs
+    p = np.array([0.01, 0.03, 0.04, 0.001])
+    q = p2g.weighted_bh_fdr(p, np.array([2.0, 1.0, 1.0, 0.0]) * 1.5)  # any scale: renormalised
+    w = np.array([2.0, 1.0, 1.0]) / (4.0 / 3.0)
+    expected = bh_fdr(p[:3] / w)
+    np.testing.assert_allclose(q[:3], expected)
+    assert np.isnan(q[3])
+    weights = p2g.distance_weights(np.array([0, 10_000, -10_000, 90_000]), 10_000)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[0] == pytest.approx(2 * weights[1]) and weights[1] == weights[2] == pytest.approx(5 * weights[3])
+    assert p2g.distance_weights(np.array([5, 7]), 0) is None
 
 
-def test_empirical_p_counts_null_values_at_or_above_r():
-    """With fewer other-chromosome peaks than n_null, the null is exactly those peaks."""
-    rng = np.random.default_rng(11)
-    rna, atac, _ = _random_layout(rng, n_obs=20, n_genes=2, n_peaks=6)
-    pairs = pd.DataFrame({"gene_idx": [0, 0], "peak_idx": [0, 1], "chrom": "chr1"})
-    peak_chrom = np.array(["chr1", "chr1", "chr2", "chr2", "chr3", "chr3"])
-    out = correlate_pairs(rna, atac, pairs, n_null=10, peak_chrom=peak_chrom)
+def test_median_ratio_library_ignores_a_minority_of_changing_features():
+    rng = np.random.default_rng(0)
+    base = rng.poisson(50, size=(20, 200)).astype(float) + 1
+    spiked = base.copy()
+    spiked[10:, :5] *= 40  # five marker genes rise 40-fold in half of the observations
+    totals = spiked.sum(axis=1)
+    library = p2g.median_ratio_library(spiked)
+    assert totals[10:].mean() > 1.5 * totals[:10].mean()  # CPM would shrink every other gene by a third
+    assert library[10:].mean() == pytest.approx(library[:10].mean(), rel=0.05)
+    with pytest.raises(CoemInputError, match="library sizes must be positive"):
+        correlate_pairs(base, base, pd.DataFrame({"gene_idx": [0], "peak_idx": [1]}), rna_library=np.zeros(20))
+
+
+def _background_layout(seed=0, n_obs=40, n_peaks=3000):
+    """One gene on chr1 with 60 cis peaks, 3000 peaks of varied accessibility on chr1-chr3."""
+    rng = np.random.default_rng(seed)
+    rate = rng.gamma(0.6, 3.0, size=n_peaks)
+    atac = rng.poisson(rate[None, :] * rng.uniform(0.5, 1.5, size=(n_obs, 1)))
+    rna = rng.poisson(30, size=(n_obs, 3)) + 1
+    peak_chrom = rng.choice(["chr1", "chr2", "chr3"], n_peaks)
+    width = rng.choice([300, 500, 1000], n_peaks)
+    cis = np.flatnonzero(peak_chrom == "chr1")[:60]
+    pairs = pd.DataFrame({"gene_idx": 0, "peak_idx": cis, "chrom": "chr1", "distance": np.arange(60) * 1000})
+    return rna, atac, pairs, peak_chrom, width
+
+
+def test_background_is_matched_on_other_chromosomes_and_equals_a_hand_computation():
+    rna, atac, pairs, peak_chrom, width = _background_layout()
+    tester = p2g.LinkTester(rna, atac, n_background=50, seed=3, peak_chrom=peak_chrom, peak_width=width,
+                            normalisation="cpm")
+    out = tester.test(pairs)
+    features = tester.features
+    stratum = tester.pools.stratum
+    assert tester.n_strata > 5
     x, y = _log_cpm(rna), _log_cpm(atac)
-    null = np.array([stats.pearsonr(x[:, 0], y[:, j]).statistic for j in range(2, 6)])
-    for r, p_emp in zip(out["r"], out["p_empirical"]):
-        assert p_emp == pytest.approx((1 + (null >= r - 1e-12).sum()) / 5)
-    assert out["null_mean"].iloc[0] == pytest.approx(null.mean())
-    assert out["null_sd"].iloc[0] == pytest.approx(null.std(ddof=1))
-    mean, sd = p2g._row_stats(np.array([[0.1, 0.5, np.nan, 0.3]]))
-    assert mean[0] == pytest.approx(0.3) and sd[0] == pytest.approx(0.2)
+    for _, row in out.iloc[::7].iterrows():
+        peak = int(row["peak_idx"])
+        bg = tester.pools.background_of("chr1", int(stratum[peak]))
+        assert len(bg) == row["bg_n"] == 50
+        assert not np.isin(peak_chrom[bg], ["chr1"]).any()  # other chromosomes only
+        assert (stratum[bg] == stratum[peak]).all()  # the tested peak's stratum
+        members = stratum == stratum[peak]
+        lo, hi = features["mean"][members].min(), features["mean"][members].max()
+        assert ((features["mean"][bg] >= lo) & (features["mean"][bg] <= hi)).all()
+        # the stratum is a quantile bin of mean accessibility: far narrower than the whole range
+        assert hi - lo < 0.5 * (features["mean"].max() - features["mean"].min())
+        r_bg = np.array([np.corrcoef(x[:, 0], y[:, j])[0, 1] for j in bg])
+        assert row["bg_mean"] == pytest.approx(r_bg.mean(), abs=1e-5)
+        assert row["bg_sd"] == pytest.approx(r_bg.std(ddof=1), abs=1e-5)
+        assert row["z"] == pytest.approx((row["r"] - r_bg.mean()) / r_bg.std(ddof=1), abs=1e-3)
+
+
+def test_background_is_seeded():
+    rna, atac, pairs, peak_chrom, width = _background_layout()
+    kw = dict(n_background=50, peak_chrom=peak_chrom, peak_width=width)
+    a, b = correlate_pairs(rna, atac, pairs, seed=0, **kw), correlate_pairs(rna, atac, pairs, seed=0, **kw)
+    c = correlate_pairs(rna, atac, pairs, seed=1, **kw)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["bg_mean"], c["bg_mean"])
+
+
+def test_nested_strata_keep_min_size_and_ties_together():
+    from coem.background import nested_strata
+
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame({"mean": rng.random(5000), "open_fraction": rng.random(5000),
+                             "width": np.full(5000, 500.0)})
+    strata = nested_strata(features, min_size=200)
+    sizes = np.bincount(strata)
+    assert len(sizes) == 20 and sizes.min() >= 200  # 10 mean bins x 2 open-fraction bins; width is constant
+    for s in range(len(sizes)):  # a stratum is a contiguous range of mean within its mean bin
+        assert features["width"][strata == s].nunique() == 1
+    tied = pd.DataFrame({"mean": np.repeat([1.0, 2.0], [300, 900])})
+    tied_strata = nested_strata(tied, min_size=100)
+    assert all(len(np.unique(tied_strata[tied["mean"] == v])) == 1 for v in (1.0, 2.0))
+
+
+def test_pooled_null_matches_gaussian_on_gaussian_values_and_is_wider_on_heavy_tails():
+    from coem.background import PooledNull
+
+    rng = np.random.default_rng(0)
+    gauss = PooledNull()
+    gauss.add(rng.standard_normal(400_000), np.ones(400_000))
+    z = np.array([0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(gauss.p_values(z, "greater"), stats.norm.sf(z), rtol=0.05, atol=2e-4)
+    np.testing.assert_allclose(gauss.p_values(z, "two-sided"), 2 * stats.norm.sf(z), rtol=0.05, atol=4e-4)
+    heavy = PooledNull()
+    heavy.add(rng.standard_t(4, 400_000) / np.sqrt(2.0), np.ones(400_000))  # unit variance, heavy tails
+    far = np.array([3.0, 4.0, 6.0, 9.0])
+    p_far = heavy.p_values(far, "greater")
+    assert (p_far > stats.norm.sf(far)).all()  # a Gaussian p would be far too small there
+    assert (np.diff(p_far) < 0).all() and p_far[-1] > 0  # the extrapolated tail keeps falling, never 0
+    assert np.isnan(heavy.p_values(np.array([np.nan]), "greater")[0])
+
+
+def test_permuted_genes_give_no_more_links_than_the_fdr_allows(small_sim):
+    """Permuting each gene across metacells breaks every link: calls must stay within the FDR."""
+    sim = small_sim
+    states = sim.mdata.obs["state"].astype(str).to_numpy()
+    agg = _aggregate(sim.mdata, _state_groups(states, 15, seed=0))
+    rng = np.random.default_rng(0)
+    X = agg.mod["rna"].X.toarray()
+    agg.mod["rna"].X = sparse.csr_matrix(np.take_along_axis(X, rng.random(X.shape).argsort(axis=0), axis=0))
+    links, summary = peak_to_gene(agg, seed=0)
+    n = summary["n_pairs"]
+    assert n > 2000
+    # with no true link, BH at 0.1 calls nothing in at least 90% of data sets; allow a handful
+    assert summary["n_significant"] <= 3
+    # and the p-values are close to uniform
+    assert 0.02 <= (links["p"] < 0.05).mean() <= 0.08
 
 
 def test_r_histogram_is_a_distribution():
@@ -354,7 +442,7 @@ def test_planted_links_rank_at_the_top(small_sim):
         warnings.simplefilter("ignore", FutureWarning)  # mudata's pull_on_update notice
         cells = sim.mdata.copy()  # the session fixture stays untouched
     agg = _aggregate(cells, _state_groups(states, 25, seed=0))
-    links, summary = peak_to_gene(agg, window=100_000, n_null=20, seed=0)
+    links, summary = peak_to_gene(agg, window=100_000, seed=0)
     planted = sim.links.assign(findable=sim.links.get("programme", "any") != "housekeeping")
     links = links.merge(planted[["gene", "peak", "findable"]], on=["gene", "peak"], how="left")
     assert links["findable"].notna().sum() >= 0.95 * len(planted)  # planted links lie within the window
@@ -370,6 +458,12 @@ def test_planted_links_rank_at_the_top(small_sim):
     assert n_top > 50 and precision >= 3 * base_rate
     # findable links are positive: their median r is well above the unlinked pairs'
     assert ranked.loc[is_planted, "r"].median() > ranked.loc[~is_planted, "r"].median() + 0.3
+    # calibrated against the truth: few significant links are not planted, and many are found
+    called = links[(links["fdr"] <= 0.1) & (links["r"] >= 0.1)]
+    not_planted = called["findable"].isna().mean()
+    recall = called["findable"].eq(True).sum() / n_top
+    print(f"significant at FDR 0.1: {len(called)}, not planted {not_planted:.3f}, recall {recall:.3f}")
+    assert not_planted <= 0.1 and recall >= 0.3
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -382,44 +476,85 @@ def _small_aggregated(rng):
     return genes, peaks
 
 
-def test_cli_writes_links_summary_multiqc_and_versions(tmp_path, monkeypatch):
+def test_cli_writes_links_significant_bedpe_summary_multiqc_and_versions(tmp_path, monkeypatch):
     from coem.cli.peak2gene import main
 
     rng = np.random.default_rng(0)
     genes, peaks = _small_aggregated(rng)
+    genes["strand"] = ["+", "-", "+", "-"]
     cells = _mudata(rng.poisson(3, (300, 4)), rng.poisson(0.3, (300, len(peaks))), genes, peaks)
-    agg = _mudata(rng.poisson(60, (12, 4)), rng.poisson(6, (12, len(peaks))), genes, peaks)
+    agg_rna = rng.poisson(60, (12, 4))
+    agg_atac = rng.poisson(6, (12, len(peaks)))
+    linked = peaks.index.get_loc("chr1:9750-10250")  # GA's promoter peak follows GA
+    agg_atac[:, linked] = agg_rna[:, 0] // 4
+    agg = _mudata(agg_rna, agg_atac, genes, peaks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         agg.write(tmp_path / "S1.aggregated.h5mu")
         cells.write(tmp_path / "S1.metacells.h5mu")
+    pd.DataFrame({"gene": ["GA"], "peak": ["chr1:9750-10250"]}).to_csv(tmp_path / "known.tsv", sep="\t", index=False)
     monkeypatch.chdir(tmp_path)
     rc = main(["--sample", "S1", "--input", "S1.aggregated.h5mu", "--cells", "S1.metacells.h5mu",
-               "--max-cells", "100", "--window", "30000", "--prefix", "P", "--n-null", "5"])
+               "--max-cells", "100", "--window", "30000", "--prefix", "P", "--n-background", "10",
+               "--known-links", "known.tsv", "--fdr", "0.2"])
     assert rc == 0
     links = pd.read_csv("P.peak2gene.tsv", sep="\t")
-    assert list(links.columns[:5]) == ["gene", "peak", "distance", "chrom", "r"]
-    assert {"p", "fdr", "p_empirical"} <= set(links.columns)
+    assert list(links.columns) == ["gene", "peak", "distance", "chrom", "r", "z", "p", "fdr", "bg_mean", "bg_sd",
+                                   "bg_n", "weight"]
     assert links.equals(links.sort_values(["gene", "distance"]).reset_index(drop=True))
     centre = (peaks["start"] + peaks["end"]).to_numpy() // 2
     expected = sum(int(((peaks["chrom"] == c).to_numpy() & (np.abs(centre - t) <= 30_000)).sum())
                    for c, t in zip(genes["chrom"], genes["tss"]))
     assert (links["distance"].abs() <= 30_000).all() and len(links) == expected == 51
+    assert links["bg_n"].between(5, 10).all() and links["z"].notna().all()  # 60 peaks: small strata
+    significant = pd.read_csv("P.peak2gene_significant.tsv", sep="\t")
+    assert ((significant["fdr"] <= 0.2) & (significant["r"] >= 0.1)).all()
+    assert "chr1:9750-10250" in set(significant["peak"])
+    bedpe = pd.read_csv("P.peak2gene_significant.bedpe", sep="\t", header=None)
+    assert len(bedpe) == len(significant) and bedpe.shape[1] == 14
+    row = bedpe[bedpe[6] == "GA"].iloc[0]
+    assert list(row[:10]) == ["chr1", 9750, 10250, "chr1", 9999, 10000, "GA", row[7], ".", "+"]
     summary = json.loads(Path("P.peak2gene_summary.json").read_text())
     assert summary["metacells"]["n_pairs"] == 51 and summary["metacells"]["n_obs"] == 12
+    assert summary["metacells"]["n_significant"] == len(significant)
     assert summary["single_cells"]["n_obs"] == 100
+    assert summary["known_links"]["n_known_tested"] == 1 and summary["known_links"]["recall"] == 1.0
     assert summary["record"]["params"]["window"] == 30000 and summary["record"]["seed"] == 0
     table = json.loads(Path("P_peak2gene_summary_mqc.json").read_text())
     assert table["id"] == "coem_peak2gene_summary" and table["plot_type"] == "table"
     row = table["data"]["S1"]
-    assert row["pairs"] == 51 and row["genes"] == 4
+    assert row["pairs"] == 51 and row["genes"] == 4 and row["significant"] == len(significant)
     assert row["fraction_negative"] == pytest.approx((links["r"] < 0).mean())
-    assert 0 <= row["single_cell_fraction_negative"] <= 1
     hist = json.loads(Path("P_peak2gene_r_mqc.json").read_text())
     assert hist["id"] == "coem_peak2gene_r" and hist["plot_type"] == "linegraph"
-    assert set(hist["data"]) == {"S1", "S1 (single cells)"}
-    assert sum(hist["data"]["S1"].values()) == pytest.approx(1.0) and len(hist["data"]["S1"]) == 40
+    assert set(hist["data"]) == {"S1 (tested pairs)", "S1 (matched background)", "S1 (single cells)"}
+    for series in hist["data"].values():
+        assert sum(series.values()) == pytest.approx(1.0) and len(series) == 40
+    distance = json.loads(Path("P_peak2gene_distance_mqc.json").read_text())
+    assert sum(distance["data"]["S1"].values()) == len(significant)
+    truth = json.loads(Path("P_peak2gene_truth_mqc.json").read_text())
+    assert truth["data"]["S1"]["recall"] == 1.0
     assert "COEM_PEAK2GENE" in Path("versions.yml").read_text()
+
+
+def test_cli_gc_from_fasta(tmp_path, monkeypatch):
+    from coem.cli.peak2gene import main
+
+    rng = np.random.default_rng(1)
+    genes, peaks = _small_aggregated(rng)
+    agg = _mudata(rng.poisson(60, (12, 4)), rng.poisson(6, (12, len(peaks))), genes, peaks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        agg.write(tmp_path / "S1.aggregated.h5mu")
+    genome = "".join(rng.choice(list("ACGT"), 130_000))
+    (tmp_path / "genome.fa").write_text(">chr1\n" + genome + "\n>chr2\n" + genome[::-1] + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--sample", "S1", "--input", "S1.aggregated.h5mu", "--fasta", "genome.fa", "--n-background", "5"]) == 0
+    summary = json.loads(Path("S1.peak2gene_summary.json").read_text())
+    assert summary["metacells"]["gc_matched"] is True and summary["record"]["timings"]["gc_s"] >= 0
+    from coem.cli._common import run_cli
+    (tmp_path / "other.fa").write_text(">1\nACGT\n")
+    assert run_cli(main, ["--sample", "S1", "--input", "S1.aggregated.h5mu", "--fasta", "other.fa"]) == 2
 
 
 def test_cli_bad_input_exits_2_with_message(tmp_path, monkeypatch, capsys):
@@ -498,12 +633,12 @@ def test_scicar_fkbp5_links_to_a_nearby_peak(scicar):
     """
     labels, how = _scicar_metacells(scicar)
     agg = _aggregate(scicar, labels)
-    links, summary = peak_to_gene(agg, window=100_000, n_null=20, seed=0)
+    links, summary = peak_to_gene(agg, window=100_000, seed=0)
     fkbp5 = links[links["gene"] == "FKBP5"]
     best = fkbp5["r"].max()
     print(f"{how}: FKBP5 {len(fkbp5)} peaks, best r {best:.3f}; fraction negative "
           f"{summary['fraction_negative']:.3f}, median r {summary['median_r']:.3f}, "
-          f"null mean r {summary['null_mean_r']:.3f}")
+          f"background median r {summary['background_median_r']:.3f}")
     assert len(fkbp5) == 13  # the README's count of peaks within +-100 kb
     assert best >= 0.5
     assert summary["n_genes"] > 1000
