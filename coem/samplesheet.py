@@ -6,7 +6,9 @@ The samplesheet is a CSV with one row per sample: ``sample`` plus exactly one in
     h5mu          a MuData file with rna and atac modalities
     rna + atac    a pair of AnnData .h5ad files
 
-and optionally ``labels`` (CSV/TSV: barcode,label) and ``annotation`` (GTF or TSS table).
+and optionally ``labels`` (CSV/TSV: barcode,label), ``annotation`` (GTF or TSS table) and
+``links`` (CSV/TSV with columns gene, peak: known links, e.g. a simulator's truth, to score the
+peak-to-gene links against).
 Line numbers are those of the file (1-based, header = line 1), so an operator can jump to
 them. Relative paths resolve against ``base_dir`` (the pipeline's launch dir); remote URIs are
 passed through without an existence check, because Nextflow stages them itself.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from coem.errors import CoemInputError
 
-COLUMNS = ("sample", "h5", "h5mu", "rna", "atac", "labels", "annotation")
+COLUMNS = ("sample", "h5", "h5mu", "rna", "atac", "labels", "annotation", "links")
 INPUT_KINDS = ("h5", "h5mu", "rna+atac")
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REMOTE_PREFIXES = ("s3://", "gs://", "az://", "http://", "https://")
@@ -33,6 +35,7 @@ EXTENSIONS = {
     "atac": (".h5ad",),
     "labels": (".csv", ".tsv", ".csv.gz", ".tsv.gz"),
     "annotation": (".gtf", ".gtf.gz", ".tsv", ".tsv.gz"),
+    "links": (".csv", ".tsv", ".csv.gz", ".tsv.gz"),
 }
 FILE_COLUMNS = tuple(EXTENSIONS)
 
@@ -48,6 +51,7 @@ class SampleRow:
     atac: str = ""
     labels: str = ""
     annotation: str = ""
+    links: str = ""
     line: int = 0  # line in the user's samplesheet, so later errors can point back to it
 
     @property

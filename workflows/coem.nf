@@ -54,7 +54,14 @@ workflow COEM {
     ch_p2g_input = params.p2g_single_cell
         ? AGGREGATE.out.h5mu.join(METACELLS.out.h5mu)
         : AGGREGATE.out.h5mu.map { meta, agg -> [meta, agg, []] }
-    PEAK2GENE(ch_p2g_input)
+    // join by sample id: meta gains fields along the way (e.g. QC), the id stays
+    ch_known_links = INPUT_CHECK.out.known_links.map { meta, links -> [meta.id, links] }
+    ch_p2g_input = ch_p2g_input
+        .map { row -> [row[0].id] + row }
+        .join(ch_known_links)
+        .map { row -> row[1..-1] }
+    ch_fasta = params.fasta ? Channel.value(file(params.fasta, checkIfExists: true)) : Channel.value([])
+    PEAK2GENE(ch_p2g_input, ch_fasta)
     ch_versions = ch_versions.mix(PEAK2GENE.out.versions)
     ch_mqc      = ch_mqc.mix(PEAK2GENE.out.mqc)
 

@@ -64,8 +64,8 @@ def test_normalised_csv_has_all_columns(inputs: Path, tmp_path: Path):
     out = write_samplesheet(rows, tmp_path / "valid.csv")
     with out.open() as handle:
         table = list(csv.reader(handle))
-    assert table[0] == list(COLUMNS) + ["line"] == ["sample", "h5", "h5mu", "rna", "atac", "labels", "annotation", "line"]
-    assert table[1] == ["P1", "", str(inputs / "b.h5mu"), "", "", "", "", "2"]
+    assert table[0] == list(COLUMNS) + ["line"] == ["sample", "h5", "h5mu", "rna", "atac", "labels", "annotation", "links", "line"]
+    assert table[1] == ["P1", "", str(inputs / "b.h5mu"), "", "", "", "", "", "2"]
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_cli_writes_normalised_sheet_and_versions(inputs: Path, tmp_path: Path):
     rc = main(["--input", str(sheet), "--base-dir", str(inputs), "--output", str(out),
                "--process-name", "COEM:SAMPLESHEET_CHECK", "--versions", str(versions)])
     assert rc == 0
-    assert out.read_text().splitlines() == [",".join(COLUMNS) + ",line", f"S1,{inputs / 'a.h5'},,,,,,2"]
+    assert out.read_text().splitlines() == [",".join(COLUMNS) + ",line", f"S1,{inputs / 'a.h5'},,,,,,,2"]
     import yaml
 
     recorded = yaml.safe_load(versions.read_text())

@@ -1,6 +1,7 @@
 /*
  * Validate the samplesheet (our own code, bin/coem_samplesheet_check.py) before any work starts,
- * then turn each row into [ meta, h5, h5mu, rna, atac, labels, annotation ] for QC.
+ * then turn each row into [ meta, h5, h5mu, rna, atac, labels, annotation ] for QC, and
+ * [ meta, links ] (known peak-to-gene links, or []) for PEAK2GENE.
  */
 
 include { SAMPLESHEET_CHECK } from '../../../modules/local/samplesheet_check'
@@ -25,11 +26,15 @@ workflow INPUT_CHECK {
     main:
     SAMPLESHEET_CHECK(samplesheet, samplesheet.toAbsolutePath().parent.toString())
 
-    ch_samples = SAMPLESHEET_CHECK.out.csv
+    ch_rows = SAMPLESHEET_CHECK.out.csv
         .splitCsv(header: true, strip: true)
         .map { row ->
             def kind = row.h5 ? 'h5' : row.h5mu ? 'h5mu' : 'pair'
             def meta = [id: row.sample, input_kind: kind, has_labels: row.labels as boolean]
+            [meta, row]
+        }
+    ch_samples = ch_rows
+        .map { meta, row ->
             [
                 meta,
                 samplesheetFile(row, 'h5'),
@@ -41,7 +46,10 @@ workflow INPUT_CHECK {
             ]
         }
 
+    ch_known_links = ch_rows.map { meta, row -> [meta, samplesheetFile(row, 'links')] }
+
     emit:
-    samples  = ch_samples                        // [ meta, h5, h5mu, rna, atac, labels, annotation ]
+    samples     = ch_samples                     // [ meta, h5, h5mu, rna, atac, labels, annotation ]
+    known_links = ch_known_links                 // [ meta, links or [] ]
     versions = SAMPLESHEET_CHECK.out.versions
 }
