@@ -118,6 +118,11 @@ class BackgroundPools:
     def n_strata(self) -> int:
         return len(self.starts) - 1
 
+    @property
+    def column_stratum(self) -> np.ndarray:
+        """The stratum of each pool column."""
+        return np.repeat(np.arange(self.n_strata), np.diff(self.starts))
+
     def selection(self, gene_chrom: np.ndarray) -> np.ndarray:
         """Boolean (genes x pool): the background of each gene in each stratum.
 
@@ -201,9 +206,11 @@ class PooledNull:
         self.tail_count = tail_count
 
     def add(self, z: np.ndarray, weights: np.ndarray) -> None:
-        z = np.clip(z, self.edges[0], self.edges[-1] - 1e-9)
-        self.weighted += np.histogram(z, bins=self.edges, weights=weights)[0]
-        self.counts += np.histogram(z, bins=self.edges)[0]
+        n_bins = len(self.weighted)
+        step = self.edges[1] - self.edges[0]
+        idx = np.clip(np.floor((z - self.edges[0]) / step).astype(np.int64), 0, n_bins - 1)
+        self.weighted += np.bincount(idx, weights=weights, minlength=n_bins)
+        self.counts += np.bincount(idx, minlength=n_bins)
 
     @property
     def n_values(self) -> int:

@@ -70,6 +70,8 @@ _MAX_CHUNK_PAIRS = 4096
 ALTERNATIVES = ("two-sided", "greater")
 NULL_MODELS = ("empirical", "gaussian")
 NORMALISATIONS = ("median_ratio", "cpm")
+# Features used for the median-of-ratios library sizes at most.
+_MEDIAN_RATIO_FEATURES = 5000
 # Distance prior for the FDR (weighted BH), bp; 0 switches it off.
 DISTANCE_SCALE = 10_000
 # obs column with each observation's library size (e.g. UMIs over all genes, summed per metacell)
@@ -289,14 +291,18 @@ def median_ratio_library(counts) -> np.ndarray:
     CPM divides by the total, so when a few strongly expressed state markers rise, every
     other feature's CPM falls and unrelated features correlate. The median ratio of a
     profile to the geometric-mean profile, over features seen in every observation, is not
-    moved by a minority of changing features. Falls back to totals with fewer than 20 such
-    features. Scaled to the median total, so values stay counts-per-million-like.
+    moved by a minority of changing features (at most 5,000 of them, evenly spaced, are used).
+    Falls back to totals with fewer than 20 such features. Scaled to the median total, so values stay counts-per-million-like.
     """
-    X = sparse.csr_matrix(counts, dtype=np.float64)
+    X = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
+    X.sum_duplicates()
+    X.eliminate_zeros()
     totals = np.asarray(X.sum(axis=1)).ravel()
-    everywhere = np.flatnonzero(np.diff(X.tocsc().indptr) == X.shape[0])
+    everywhere = np.flatnonzero(np.bincount(X.indices, minlength=X.shape[1]) == X.shape[0])
     if everywhere.size < 20:
         return totals
+    if everywhere.size > _MEDIAN_RATIO_FEATURES:  # evenly spaced: plenty for a median, bounded cost
+        everywhere = everywhere[np.linspace(0, everywhere.size - 1, _MEDIAN_RATIO_FEATURES).astype(np.int64)]
     logs = np.log(X[:, everywhere].toarray())
     factors = np.exp(np.median(logs - logs.mean(axis=0, keepdims=True), axis=1))
     return factors * np.median(totals) / np.median(factors)
@@ -499,14 +505,16 @@ class LinkTester:
         cols = {name: np.full(len(kept), np.nan) for name in ("r", "bg_mean", "bg_sd", "bg_n")}
         bg_hist = np.zeros(_BG_BINS)
         self.null = background.PooledNull()
-        gene_chrom = _as_str_chrom(kept["chrom"].to_numpy()) if use_bg else None
+        if use_bg:  # one background selection per gene chromosome (genes x pool rows by code)
+            chrom_names, chrom_code = np.unique(kept["chrom"].astype(str).to_numpy(), return_inverse=True)
+            by_chrom = self.pools.selection(chrom_names.astype(object))
         for block in self._blocks(g_all):
             genes, g_local = np.unique(g_all[block], return_inverse=True)
             zg = _dense_block(self.R, genes, self.method)
             cols["r"][block] = self._pair_r(zg, g_local, p_all[block])
             if use_bg:
                 first = block[np.unique(g_local, return_index=True)[1]]
-                self._background_block(zg, gene_chrom[first], g_local, p_all[block], block, cols, bg_hist)
+                self._background_block(zg, by_chrom[chrom_code[first]], g_local, p_all[block], block, cols, bg_hist)
         return self._finish(pairs, kept, testable, cols, bg_hist)
 
     def _blocks(self, g_all: np.ndarray) -> list[np.ndarray]:
@@ -526,11 +534,13 @@ class LinkTester:
             r[part] = np.einsum("ij,ij->j", zg[:, g_local[part]], zp)
         return np.clip(r, -1.0, 1.0)
 
-    def _background_block(self, zg, gene_chrom, g_local, peaks, block, cols, bg_hist) -> None:
-        """Each gene's correlations with its background in every stratum, then per pair."""
+    def _background_block(self, zg, selected, g_local, peaks, block, cols, bg_hist) -> None:
+        """Each gene's correlations with its background in every stratum, then per pair.
+
+        ``selected``: genes x pool, the background of each gene (by its chromosome).
+        """
         pools = self.pools
         corr = zg.T.astype(np.float32) @ self.pool_z  # genes x pool, single precision is plenty here
-        selected = pools.selection(gene_chrom) & np.isfinite(corr)
         n, mean, sd = background.segment_stats(corr, selected, pools.starts)
         stratum = pools.stratum[peaks]
         has = stratum >= 0  # peaks without a chromosome have no stratum
@@ -538,19 +548,18 @@ class LinkTester:
         cols["bg_n"][where] = n[rows, strata]
         cols["bg_mean"][where] = mean[rows, strata]
         cols["bg_sd"][where] = sd[rows, strata]
-        # the background r (for the report) and z (the pooled null) distributions, weighted so
-        # that each (gene, stratum) background counts as often as tested pairs use it
+        # the background r (for the report) and z (the pooled null) distributions over the
+        # (gene, stratum) backgrounds in use, each weighted as often as tested pairs use it
         uses = np.zeros(n.shape)
         np.add.at(uses, (rows, strata), 1.0)
-        widths = np.diff(pools.starts)
-        weights = np.repeat(uses / np.maximum(n, 1), widths, axis=1)[selected]
-        in_use = weights > 0
-        values = corr[selected][in_use].astype(np.float64)
-        weights = weights[in_use]
-        hist, _ = np.histogram(np.clip(values, -1, 1), bins=_BG_BINS, range=(-1.0, 1.0), weights=weights)
-        bg_hist += hist
+        r_idx, c_idx = np.nonzero(selected & (uses[:, pools.column_stratum] > 0))
+        st = pools.column_stratum[c_idx]
+        values = corr[r_idx, c_idx].astype(np.float64)
+        weights = uses[r_idx, st] / n[r_idx, st]
+        bins = np.clip(((values + 1.0) * (_BG_BINS / 2.0)).astype(np.int64), 0, _BG_BINS - 1)
+        bg_hist += np.bincount(bins, weights=weights, minlength=_BG_BINS)
         with np.errstate(invalid="ignore", divide="ignore"):
-            z_bg = (values - np.repeat(mean, widths, axis=1)[selected][in_use]) / np.repeat(sd, widths, axis=1)[selected][in_use]
+            z_bg = (values - mean[r_idx, st]) / sd[r_idx, st]
         fine = np.isfinite(z_bg)
         self.null.add(z_bg[fine], weights[fine])
 
