@@ -640,6 +640,12 @@ def correlate_pairs(
 # ----------------------------------------------------------------------------- top level
 
 
+def rank_score(links: pd.DataFrame) -> np.ndarray:
+    """The score links are ranked by (higher = stronger): ``-log10(p / weight)``, what the weighted FDR orders."""
+    ratio = (links["p"] / links["weight"]).to_numpy(dtype=np.float64) if "weight" in links else links["p"].to_numpy()
+    return -np.log10(np.clip(np.nan_to_num(ratio, nan=1.0), 1e-300, None))
+
+
 def significant_links(links: pd.DataFrame, fdr: float = FDR_THRESHOLD, min_r: float = MIN_R) -> pd.DataFrame:
     """Positive links that pass both cut-offs: ``fdr <= fdr`` and ``r >= min_r``, sorted by gene then p."""
     keep = (links["fdr"].to_numpy() <= fdr) & (links["r"].to_numpy() >= min_r)

@@ -34,9 +34,10 @@ from coem import multiqc
 from coem._logging import get_logger
 from coem.cli._common import base_parser, read_mudata
 from coem.errors import CoemInputError
+from coem.link_truth import auprc, label_known
 from coem.peak2gene import (ALTERNATIVES, ANCHORS, DISTANCE_SCALE, FDR_THRESHOLD, METHODS, MIN_R, N_BACKGROUND,
-                            NORMALISATIONS, NULL_MODELS, peak_to_gene, r_histogram, rebin_histogram,
-                            significant_links)
+                            NORMALISATIONS, NULL_MODELS, peak_to_gene, r_histogram, rank_score,
+                            rebin_histogram, significant_links)
 from coem.provenance import step_record, strict_json, write_versions_yml
 
 STEP = "peak2gene"
@@ -275,20 +276,15 @@ def write_multiqc(prefix: str, sample: str, links: pd.DataFrame, summary: dict, 
 
 
 def truth_summary(links: pd.DataFrame, known: pd.DataFrame, significant: pd.DataFrame) -> dict:
-    """AUPRC (ranking by p / weight), recall and precision of the significant links."""
-    from sklearn.metrics import average_precision_score
-
-    pairs = set(zip(known["gene"].astype(str), known["peak"].astype(str)))
-    label = np.fromiter(((g, p) in pairs for g, p in zip(links["gene"], links["peak"])), bool, len(links))
-    called = np.fromiter(((g, p) in pairs for g, p in zip(significant["gene"], significant["peak"])), bool,
-                         len(significant))
-    score = -np.log10(np.clip((links["p"] / links["weight"]).fillna(1.0).to_numpy(), 1e-300, None))
+    """AUPRC (links ranked as the FDR orders them), recall and precision of the significant links."""
+    labels = label_known(links, known)
+    called = label_known(significant, known)
     return {
-        "n_known": int(len(pairs)),
-        "n_known_tested": int(label.sum()),
-        "auprc": float(average_precision_score(label, score)) if label.any() else float("nan"),
-        "base_rate": float(label.mean()) if len(label) else float("nan"),
-        "recall": float(called.sum() / label.sum()) if label.any() else float("nan"),
+        "n_known": int(len(known[["gene", "peak"]].drop_duplicates())),
+        "n_known_tested": int(labels.sum()),
+        "auprc": auprc(rank_score(links), labels),
+        "base_rate": float(labels.mean()) if len(labels) else float("nan"),
+        "recall": float(called.sum() / labels.sum()) if labels.any() else float("nan"),
         "precision": float(called.mean()) if len(called) else float("nan"),
     }
 
