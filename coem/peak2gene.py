@@ -91,6 +91,8 @@ _POOL_SIZE_FACTOR = 2
 _MIN_BACKGROUND = 20
 # genes x pool values per block of the background product (about 350 MB of temporaries)
 _BG_BLOCK_VALUES = 8_000_000
+# obs x pool values up to which the background pool is held dense (float32, about 200 MB)
+_DENSE_POOL_VALUES = 50_000_000
 # Fine histogram of background r for the report (re-binned there).
 _BG_BINS = 200
 
@@ -339,6 +341,35 @@ def _dense_block(X: _Normalised, cols: np.ndarray, method: str) -> np.ndarray:
     return block
 
 
+class _SparseColumns:
+    """Columns kept sparse for correlation with dense centred unit-norm columns.
+
+    Centring a sparse column would fill it, but it is not needed: for centred ``g``,
+    ``g . (x - mean) = g . x``, so ``r = g . x / ||x - mean||``. For Spearman, ``x`` holds the
+    average ranks minus the rank shared by the zeros, so zeros stay zero.
+    """
+
+    def __init__(self, X: _Normalised, cols: np.ndarray, method: str):
+        S = X.X[:, cols].tocsc(copy=True)
+        n = S.shape[0]
+        if method == "spearman":
+            for j in range(S.shape[1]):
+                lo, hi = S.indptr[j], S.indptr[j + 1]
+                n_zero = n - (hi - lo)
+                if hi > lo:  # ranks among all n values, minus the zeros' average rank (n_zero + 1) / 2
+                    S.data[lo:hi] = n_zero + stats.rankdata(S.data[lo:hi]) - (n_zero + 1) / 2.0
+        mean = np.asarray(S.sum(axis=0)).ravel() / n
+        sq = S.copy()
+        sq.data **= 2
+        centred_ss = np.asarray(sq.sum(axis=0)).ravel() - n * mean * mean
+        norm = np.sqrt(np.clip(centred_ss, 0.0, None))
+        self.inv_norm = np.divide(1.0, norm, out=np.full_like(norm, np.nan), where=norm > 0)
+        self.T = S.T.tocsr()
+
+    def correlate(self, zg: np.ndarray) -> np.ndarray:
+        return (self.T @ zg).T * self.inv_norm[None, :]
+
+
 def t_test_p(r: np.ndarray, n_obs: int) -> np.ndarray:
     """Two-sided p for correlation r with n observations (t with n - 2 df, as scipy does)."""
     r = np.asarray(r, dtype=np.float64)
@@ -481,7 +512,16 @@ class LinkTester:
         self.pools = background.build_pools(np.maximum(stratum, 0), peak_chrom, self.n_background,
                                             _POOL_SIZE_FACTOR * self.n_background, rng, candidates=varying)
         self.pools.stratum = stratum
-        self.pool_z = _dense_block(self.A, self.pools.columns, self.method).astype(np.float32)
+        if self.n_obs * len(self.pools.columns) <= _DENSE_POOL_VALUES:
+            self.pool_z, self.pool_sparse = _dense_block(self.A, self.pools.columns, self.method).astype(np.float32), None
+        else:  # many observations (single cells): keep the pool sparse, never obs x pool dense
+            self.pool_z, self.pool_sparse = None, _SparseColumns(self.A, self.pools.columns, self.method)
+
+    def _pool_correlations(self, zg: np.ndarray) -> np.ndarray:
+        """genes x pool correlations of the unit-norm centred gene columns ``zg`` with the pool."""
+        if self.pool_z is not None:
+            return zg.T.astype(np.float32) @ self.pool_z  # single precision is plenty for a null
+        return self.pool_sparse.correlate(zg).astype(np.float32)
 
     @property
     def n_strata(self) -> int:
@@ -540,7 +580,7 @@ class LinkTester:
         ``selected``: genes x pool, the background of each gene (by its chromosome).
         """
         pools = self.pools
-        corr = zg.T.astype(np.float32) @ self.pool_z  # genes x pool, single precision is plenty here
+        corr = self._pool_correlations(zg)
         n, mean, sd = background.segment_stats(corr, selected, pools.starts)
         stratum = pools.stratum[peaks]
         has = stratum >= 0  # peaks without a chromosome have no stratum

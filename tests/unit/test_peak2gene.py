@@ -642,3 +642,16 @@ def test_scicar_fkbp5_links_to_a_nearby_peak(scicar):
     assert len(fkbp5) == 13  # the README's count of peaks within +-100 kb
     assert best >= 0.5
     assert summary["n_genes"] > 1000
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_sparse_pool_for_many_observations_equals_the_dense_pool(monkeypatch, method):
+    """Single cells keep the background pool sparse; the correlations must not change."""
+    rna, atac, pairs, peak_chrom, width = _background_layout(seed=2)
+    atac = np.where(np.random.default_rng(0).random(atac.shape) < 0.5, 0, atac)  # sparse, with ties
+    kw = dict(method=method, n_background=50, seed=1, peak_chrom=peak_chrom, peak_width=width)
+    dense = correlate_pairs(rna, atac, pairs, **kw)
+    monkeypatch.setattr(p2g, "_DENSE_POOL_VALUES", 0)
+    sparse_pool = correlate_pairs(rna, atac, pairs, **kw)
+    for col in ("r", "bg_mean", "bg_sd", "z"):
+        np.testing.assert_allclose(sparse_pool[col], dense[col], atol=2e-5)
