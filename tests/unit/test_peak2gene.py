@@ -396,19 +396,12 @@ def test_error_with_fewer_than_three_observations(layout):
 
 
 def _aggregate(mdata, labels):
-    """Sum raw counts per group: coem.aggregate when present, else an indicator-matrix product."""
-    import anndata as ad
-    import mudata
+    """Sum raw counts per group with coem.aggregate (metacell ids MC00001, ...)."""
+    from coem.aggregate import aggregate_metacells
 
     codes = np.unique(labels, return_inverse=True)[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # mudata's pull_on_update notice
-        try:
-            from coem.aggregate import aggregate_metacells
-        except ImportError:
-            ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))))
-            return mudata.MuData({m: ad.AnnData(sparse.csr_matrix(ind @ mdata.mod[m].X), var=mdata.mod[m].var.copy())
-                                  for m in ("rna", "atac")})
         mdata.obs["metacell"] = [f"MC{c + 1:05d}" for c in codes]
         return aggregate_metacells(mdata, key="metacell")
 
@@ -598,30 +591,13 @@ def scicar(shared_data):
 
 
 def _scicar_metacells(mdata, seed=0):
-    """~75 cells per metacell: coem.embed + coem.metacells when present, else k-means on a quick embedding."""
+    """~75 cells per metacell: coem's spectral metacells on the PCA + LSI embedding."""
+    from coem.embed import pca_lsi_embedding
+    from coem.metacells import SpectralMetacells
+
     n_groups = round(mdata.n_obs / 75)
-    try:
-        from coem.embed import pca_lsi_embedding
-        from coem.metacells import SpectralMetacells
-    except ImportError:
-        return _kmeans_labels(mdata, n_groups, seed), "k-means on RNA SVD + ATAC LSI"
     embedding, _ = pca_lsi_embedding(mdata, n_pcs=20, n_lsi=20, seed=seed)
     return SpectralMetacells(n_metacells=n_groups, seed=seed).fit(embedding).labels_, "coem spectral metacells"
-
-
-def _kmeans_labels(mdata, n_groups, seed):
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
-
-    def block(X):
-        X = sparse.csr_matrix(X, dtype=np.float64)
-        X = sparse.csr_matrix(sparse.diags(1.0 / np.maximum(X.sum(axis=1).A1, 1)) @ X)
-        X.data = np.log1p(X.data * 1e4)
-        Y = TruncatedSVD(21, random_state=seed).fit_transform(X)[:, 1:]
-        return (Y - Y.mean(0)) / Y.std(0)
-
-    emb = np.hstack([block(mdata.mod["rna"].X), block(mdata.mod["atac"].X)])
-    return KMeans(n_groups, n_init=3, random_state=seed).fit_predict(emb)
 
 
 @pytest.mark.realdata
