@@ -1,16 +1,21 @@
 # COEM-nf developer and user commands. `make demo` and `make test` install what is missing
 # (a Python venv with the pinned package, and the pinned Nextflow) on first use.
+# `make install` / `make demo` install only what the pipeline runs (`pip install -e .`);
+# `make test` and `make bench` add the test tools and the SEACells/Palantir/scanpy baselines
+# (`pip install -e ".[test,seacells]"`), which only the tests, benchmarks and --run_baselines use.
 
 PYTHON      ?= python3
 VENV        := .venv
 VENV_STAMP  := $(VENV)/.installed
+TEST_STAMP  := $(VENV)/.installed-test
 NXF_JAR     := .nextflow-dist/nextflow-25.04.4-one.jar
 RUN_ENV     := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-fast test-data test-full-data bench clean
+.PHONY: help install install-test demo test test-fast test-data test-full-data bench clean
 
 help:
+	@echo "make install    the venv with what the pipeline runs, and Nextflow (no test/baseline extras)"
 	@echo "make demo       install what is missing, run the pipeline on the test data into results/"
 	@echo "make test       install what is missing, run the whole test suite (what CI runs)"
 	@echo "make test-fast  unit tests only (no Nextflow runs)"
@@ -20,6 +25,10 @@ help:
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(VENV_STAMP)
 	$(VENV)/bin/pip install --quiet -e ".[test,seacells]"
 	touch $@
 
@@ -28,14 +37,16 @@ $(NXF_JAR):
 
 install: $(VENV_STAMP) $(NXF_JAR)
 
+install-test: install $(TEST_STAMP)
+
 demo: install
 	$(RUN_ENV) ./nextflow run . -profile test --outdir results
 	@echo "Report: results/multiqc/multiqc_report.html"
 
-test: install
+test: install-test
 	$(RUN_ENV) $(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS) tests
 
-test-fast: install
+test-fast: install-test
 	$(RUN_ENV) $(VENV)/bin/python -m pytest -ra -m "not pipeline" $(PYTEST_ARGS) tests
 
 test-data: $(VENV_STAMP)
@@ -46,7 +57,7 @@ test-full-data: $(VENV_STAMP)
 		--format h5mu --outdir test_full --prefix full
 	printf 'sample,h5mu,labels\nfull,full.h5mu,full_labels.csv\n' > test_full/samplesheet.csv
 
-bench: $(VENV_STAMP)
+bench: $(TEST_STAMP)
 	$(RUN_ENV) bash -c 'for b in benchmarks/bench_*.py; do python $$b || exit 1; done'
 
 clean:

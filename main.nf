@@ -23,6 +23,23 @@ workflow {
     COEM_NF(initialisePipeline())
 }
 
+// A task asked for more CPUs or memory than this machine has (possible only when --max_cpus /
+// --max_memory are set above it, or the executor is local under a cluster profile): say which
+// parameter fixes it, with this machine's numbers.
+workflow.onError {
+    def message = "${workflow.errorMessage ?: ''} ${workflow.errorReport ?: ''}"
+    def cpus = Runtime.runtime.availableProcessors()
+    def memory = new nextflow.util.MemoryUnit(java.lang.management.ManagementFactory.operatingSystemMXBean.totalMemorySize)
+    if (message.contains('exceeds available CPUs')) {
+        log.error("A task asked for more CPUs than this machine has (${cpus}): run with --max_cpus ${cpus} or less " +
+                  "(or leave --max_cpus unset: on the local executor it defaults to this machine's CPUs).")
+    }
+    if (message.contains('exceeds available memory')) {
+        log.error("A task asked for more memory than this machine has (${memory}): run with --max_memory " +
+                  "${memory.toGiga()}.GB or less (or leave --max_memory unset: on the local executor it defaults to this machine's memory).")
+    }
+}
+
 workflow.onComplete {
     if (workflow.success) {
         log.info("COEM-nf finished: results in ${params.outdir} (report: ${params.outdir}/multiqc/multiqc_report.html)")

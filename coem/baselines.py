@@ -131,8 +131,8 @@ def _import_seacells():
         import SEACells  # noqa: N813 - the package's own name
     except ImportError as err:
         raise CoemInputError(
-            "SEACells is not installed; the baselines need the 'seacells' extra "
-            "(pip install 'coem[seacells]': seacells==0.3.3, palantir==1.4.5, scanpy, ipywidgets)"
+            "SEACells is not installed: --run_baselines needs the 'seacells' extra, which `make install` "
+            "leaves out; install it with pip install '.[seacells]' in the repository (or make install-test)"
         ) from err
     return SEACells
 

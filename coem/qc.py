@@ -14,6 +14,12 @@ The five per-cell metrics (stored in ``mdata.obs`` under these names, see docs/d
 
 Metrics are computed on the full feature set, before rare genes/peaks are dropped, so the
 values kept in ``obs`` are exactly the values the thresholds were applied to.
+
+Two ways to set the per-cell thresholds (the pipeline's ``--qc_mode``):
+
+- ``auto`` (the pipeline's default, ``AutoQC``): derived from each sample's own distributions
+  by median absolute deviations (MADs) with absolute floors, see ``AutoQC``;
+- ``fixed`` (``QCThresholds`` as given): the same numbers for every sample.
 """
 
 from __future__ import annotations
@@ -48,7 +54,10 @@ CELL_FILTERS = (
 
 @dataclass(frozen=True)
 class QCThresholds:
-    """QC thresholds; defaults suit 10x Multiome and let well-behaved simulated data pass.
+    """QC thresholds as applied; the defaults are the fixed preset for 10x Multiome.
+
+    In fixed mode (``--qc_mode fixed``) these are the thresholds; in auto mode (the default,
+    ``AutoQC``) the per-cell ones are derived per sample and these defaults are not used.
 
     Cells are kept when all of these hold (``None`` switches a ``max_*`` filter off):
 
@@ -116,6 +125,140 @@ def _check_int(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+# Scale factor that makes the MAD estimate the standard deviation of normal data (scater's isOutlier).
+MAD_SCALE = 1.4826
+QC_MODES = ("auto", "fixed")
+
+
+@dataclass(frozen=True)
+class AutoQC:
+    """Per-sample QC thresholds derived from the sample's own distributions (``--qc_mode auto``).
+
+    Fixed thresholds tuned for one protocol silently ruin others (10x Multiome's 500 UMIs keep
+    16% of sci-CAR's cells), so by default each sample's thresholds come from its own cells,
+    as in current single-cell practice (scater's ``isOutlier``; Heumos et al. 2023). With
+    ``MAD`` the median absolute deviation times 1.4826 (a standard deviation for normal data)
+    and ``median`` over all of the sample's cells:
+
+    - ``min_rna_counts``, ``min_genes``, ``min_atac_counts``, ``min_peaks``: a cell fails when
+      log1p(metric) < median - ``nmads`` x MAD of log1p(metric) (``nmads=3``, one-sided low),
+      but the threshold is never below the absolute floor: ``floor_rna_counts=100`` UMIs,
+      ``floor_genes=50`` genes, ``floor_atac_counts=100`` counts, ``floor_peaks=50`` peaks;
+    - ``max_rna_counts``, ``max_atac_counts``: a generous high cut against extreme multiplets,
+      log1p(counts) > median + ``nmads_high`` x MAD (``nmads_high=5``; ``None`` switches it off;
+      an ordinary doublet, about twice a cell's counts, usually stays under it);
+    - ``max_pct_mito``: log1p(% mito) > median + ``nmads_mito`` x MAD (``nmads_mito=3``),
+      never below ``mito_floor=5`` % (a few % is normal) nor above ``mito_ceiling=20`` %.
+
+    Thresholds are whole numbers for counts (rounded so that the kept cells are exactly those
+    the rule keeps) and % mito is rounded down to 0.01. A metric whose MAD is 0 (e.g. no
+    mitochondrial genes in the panel) gets only its floor (or ceiling). Any threshold given
+    explicitly replaces its derived value; ``QCReport.derivation`` records each one (median,
+    MAD, the MAD cut, the bound applied and where the value came from).
+    """
+
+    nmads: float = 3.0
+    nmads_high: float | None = 5.0
+    nmads_mito: float = 3.0
+    floor_rna_counts: float = 100
+    floor_genes: int = 50
+    floor_atac_counts: float = 100
+    floor_peaks: int = 50
+    mito_floor: float = 5.0
+    mito_ceiling: float = 20.0
+
+    def __post_init__(self):
+        for name in ("nmads", "nmads_mito", "floor_rna_counts", "floor_atac_counts", "mito_floor", "mito_ceiling"):
+            _check_number(name, getattr(self, name), allow_none=False)
+        _check_number("nmads_high", self.nmads_high, allow_none=True)
+        for name in ("floor_genes", "floor_peaks"):
+            _check_int(name, getattr(self, name))
+        for name in ("nmads", "nmads_mito") + (("nmads_high",) if self.nmads_high is not None else ()):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.mito_ceiling > 100 or self.mito_floor > self.mito_ceiling:
+            raise ValueError(f"need mito_floor <= mito_ceiling <= 100, got {self.mito_floor} and {self.mito_ceiling}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Derived per-cell thresholds: (threshold, metric, side, floor field of AutoQC or None).
+_AUTO_RULES = (
+    ("min_rna_counts", "rna_total_counts", "low", "floor_rna_counts"),
+    ("max_rna_counts", "rna_total_counts", "high", None),
+    ("min_genes", "rna_n_genes", "low", "floor_genes"),
+    ("max_pct_mito", "rna_pct_mito", "mito", None),
+    ("min_atac_counts", "atac_total_counts", "low", "floor_atac_counts"),
+    ("max_atac_counts", "atac_total_counts", "high", None),
+    ("min_peaks", "atac_n_peaks", "low", "floor_peaks"),
+)
+PER_CELL_THRESHOLDS = tuple(name for name, *_ in _AUTO_RULES)
+
+
+def _median_mad(values: np.ndarray) -> tuple[float, float]:
+    """Median and scaled MAD (x 1.4826) of log1p(values)."""
+    logs = np.log1p(np.asarray(values, dtype=np.float64))
+    if not logs.size:
+        return float("nan"), 0.0
+    median = float(np.median(logs))
+    return median, float(MAD_SCALE * np.median(np.abs(logs - median)))
+
+
+def derive_thresholds(
+    metrics: pd.DataFrame, rule: AutoQC | None = None, base: QCThresholds | None = None, given=()
+) -> tuple[QCThresholds, dict]:
+    """The per-cell thresholds of ``rule`` for these cells (``compute_qc_metrics`` output).
+
+    ``base`` supplies the feature filters and ``min_cells``, and the value of every threshold
+    named in ``given`` (explicit settings win over derived ones). Returns the thresholds and,
+    per per-cell threshold, how its value was reached.
+    """
+    rule = AutoQC() if rule is None else rule
+    base = QCThresholds() if base is None else base
+    unknown = set(given) - set(PER_CELL_THRESHOLDS)
+    if unknown:
+        raise ValueError(f"unknown per-cell thresholds in given: {sorted(unknown)}")
+    values, derivation = {}, {}
+    for name, metric, side, floor_field in _AUTO_RULES:
+        if name in given:
+            values[name] = getattr(base, name)
+            derivation[name] = {"value": values[name], "source": "given"}
+            continue
+        median, mad = _median_mad(metrics[metric].to_numpy())
+        entry = {"metric": metric, "median_log1p": median, "mad_log1p": mad}
+        if side == "low":
+            floor = getattr(rule, floor_field)
+            cut = math.ceil(np.expm1(median - rule.nmads * mad) - 1e-9) if mad > 0 else None
+            value = int(max(floor, cut)) if cut is not None else int(math.ceil(floor))
+            source = "mad" if cut is not None and cut > floor else "floor"
+            entry.update(nmads=rule.nmads, mad_cut=cut, floor=floor)
+        elif side == "high":
+            if rule.nmads_high is None or mad == 0:
+                cut, value, source = None, None, "off"
+            else:
+                cut = math.floor(np.expm1(median + rule.nmads_high * mad) + 1e-9)
+                value, source = cut, "mad"
+            entry.update(nmads=rule.nmads_high, mad_cut=cut)
+        else:  # % mito: MAD cut on log1p, clamped to [mito_floor, mito_ceiling]
+            cut = math.floor(100 * np.expm1(median + rule.nmads_mito * mad)) / 100 if mad > 0 else None
+            raw = rule.mito_floor if cut is None else cut
+            value = float(min(rule.mito_ceiling, max(rule.mito_floor, raw)))
+            source = "mad" if cut is not None and rule.mito_floor < cut < rule.mito_ceiling else (
+                "ceiling" if cut is not None and cut >= rule.mito_ceiling else "floor")
+            entry.update(nmads=rule.nmads_mito, mad_cut=cut, floor=rule.mito_floor, ceiling=rule.mito_ceiling)
+        entry.update(value=value, source=source)
+        values[name] = value
+        derivation[name] = entry
+    # A high cut under its low threshold (tiny, odd samples) would keep no cell: lift it to the low one.
+    for low, high in (("min_rna_counts", "max_rna_counts"), ("min_atac_counts", "max_atac_counts")):
+        if values[high] is not None and values[high] < values[low] and high not in given:
+            values[high] = values[low]
+            derivation[high].update(value=values[low], source="raised to " + low)
+    thresholds = QCThresholds(**{**base.to_dict(), **values})
+    return thresholds, derivation
+
+
 @dataclass
 class QCReport:
     """What QC did to one sample: sizes before/after, cells failing each filter, medians.
@@ -123,6 +266,8 @@ class QCReport:
     ``removed_by_filter`` counts the cells failing each filter on its own; a cell failing two
     filters is counted under both, so the numbers may add up to more than the cells removed.
     Medians are of the per-cell metrics over all input cells (before) and kept cells (after).
+    ``thresholds`` are those applied; in ``mode`` "auto" ``rule`` is the AutoQC rule and
+    ``derivation`` says how each per-cell threshold was reached (``derive_thresholds``).
     """
 
     sample: str | None
@@ -136,6 +281,9 @@ class QCReport:
     removed_by_filter: dict = field(default_factory=dict)
     medians_before: dict = field(default_factory=dict)
     medians_after: dict = field(default_factory=dict)
+    mode: str = "fixed"
+    rule: dict | None = None
+    derivation: dict = field(default_factory=dict)
 
     @property
     def pct_cells_kept(self) -> float:
@@ -271,19 +419,32 @@ def _medians(metrics: pd.DataFrame) -> dict[str, float]:
 
 
 def apply_qc(
-    mdata: md.MuData, thresholds: QCThresholds | None = None, sample: str | None = None
+    mdata: md.MuData, thresholds: QCThresholds | None = None, sample: str | None = None,
+    rule: AutoQC | None = None, given=(),
 ) -> tuple[md.MuData, QCReport]:
     """Filter cells on the per-cell metrics, then drop rare genes and peaks.
+
+    Thresholds: ``thresholds`` alone are applied as they are (fixed mode); with ``rule`` the
+    per-cell thresholds are derived from this sample (auto mode, ``derive_thresholds``), except
+    those named in ``given``, taken from ``thresholds``; with neither, auto mode with the
+    default ``AutoQC()`` rule (the pipeline's default).
 
     Returns a new MuData (the input is not modified) with the metrics in ``obs`` and the
     global obs columns (e.g. ``label``) carried over, and the QCReport. Raises
     ``CoemInputError`` when fewer than ``thresholds.min_cells`` cells, or no gene or peak,
     remain.
     """
+    if thresholds is None and rule is None:
+        rule = AutoQC()
     thresholds = QCThresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, QCThresholds):
         raise TypeError(f"thresholds must be a QCThresholds, got {type(thresholds).__name__}")
+    if rule is not None and not isinstance(rule, AutoQC):
+        raise TypeError(f"rule must be an AutoQC, got {type(rule).__name__}")
     metrics = compute_qc_metrics(mdata, sample=sample)
+    derivation = {}
+    if rule is not None:
+        thresholds, derivation = derive_thresholds(metrics, rule, thresholds, given)
     fails = cell_filter_masks(metrics, thresholds)
     removed = {name: int(mask.sum()) for name, mask in fails.items()}
     keep = np.ones(len(metrics), dtype=bool)
@@ -324,6 +485,9 @@ def apply_qc(
         removed_by_filter=removed,
         medians_before=_medians(metrics),
         medians_after=_medians(kept_metrics),
+        mode="fixed" if rule is None else "auto",
+        rule=None if rule is None else rule.to_dict(),
+        derivation=derivation,
     )
     return filtered, report
 

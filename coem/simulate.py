@@ -68,7 +68,9 @@ _BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 
 # Stream ids: each random part of the model draws from its own generator, so changing one
 # part (e.g. the number of cells) leaves the others (the genome) unchanged.
-_GENOME, _OBS, _BARCODES, _CHUNK_RNA, _CHUNK_ATAC = range(5)
+_GENOME, _OBS, _BARCODES, _CHUNK_RNA, _CHUNK_ATAC, _QUALITY = range(6)
+# Planted low-quality cells (opt-in, SimParams.*_fraction): their kind is obs['quality'].
+QUALITY_KINDS = ("empty", "low_count", "damaged", "doublet")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class SimParams:
     n_mito: int | None = None
     twin_types: bool = True
     chunk_size: int = 2000
+    # Planted low-quality cells, as fractions of n_cells (0 = none; outputs then stay as before):
+    empty_fraction: float = 0.0  # empty-droplet-like: ambient-level counts (~2% of a cell's) in both modalities
+    low_count_fraction: float = 0.0  # poorly captured cells: both libraries at 3-12% of the cell's own
+    damaged_fraction: float = 0.0  # broken cells: RNA at 10-30%, 25-60% of it mitochondrial; ATAC at 30-100%
+    doublet_fraction: float = 0.0  # two cells in one droplet: a cell's counts plus another cell's
 
     def __post_init__(self) -> None:
         problems = []
@@ -124,6 +131,12 @@ class SimParams:
                 f"n_genes={self.n_genes} is too few for {self.n_types} types and {self.mito_genes} "
                 f"mitochondrial genes: use n_genes >= {min_genes}"
             )
+        fractions = self.quality_fractions
+        for kind, value in fractions.items():
+            if not 0.0 <= value <= 0.5:
+                problems.append(f"{kind}_fraction must lie in [0, 0.5] (got {value})")
+        if sum(fractions.values()) > 0.8:
+            problems.append(f"the low-quality fractions add up to {sum(fractions.values()):g}; keep them <= 0.8")
         if problems:
             raise CoemInputError("invalid simulation parameters: " + "; ".join(problems))
 
@@ -140,6 +153,22 @@ class SimParams:
         if self.n_chroms is not None:
             return int(self.n_chroms)
         return int(min(22, max(3, (self.n_genes - self.mito_genes) // 80)))
+
+    @property
+    def quality_fractions(self) -> dict:
+        return {kind: float(getattr(self, f"{kind}_fraction")) for kind in QUALITY_KINDS}
+
+    @property
+    def has_low_quality(self) -> bool:
+        return any(v > 0 for v in self.quality_fractions.values())
+
+    def record(self) -> dict:
+        """The parameters as recorded in the output (without the low-quality knobs when unused)."""
+        out = asdict(self)
+        if not self.has_low_quality:
+            for kind in QUALITY_KINDS:
+                out.pop(f"{kind}_fraction")
+        return out
 
     @property
     def has_trajectory(self) -> bool:
@@ -467,6 +496,9 @@ class MultiomeSimulator:
         self.mito = _mito_genes(p.mito_genes)
         self.links = self._links()
         self.obs, self._cells = _make_obs(p)
+        self._partner = None
+        if p.has_low_quality:
+            self._plant_low_quality()
         self._atac_profiles = None
 
     # --- truth tables -------------------------------------------------------------------
@@ -582,7 +614,13 @@ class MultiomeSimulator:
         mean = np.hstack([rate, mito]) * c["rna_library"][:, None]
         theta = np.concatenate([g["dispersion"].to_numpy(), np.full(self.params.mito_genes, 20.0)])
         noise = rng.standard_gamma(theta, size=mean.shape, dtype=np.float32) / theta.astype(np.float32)
-        return sp.csr_matrix(rng.poisson(mean * noise).astype(np.float32))
+        if self._partner is not None:
+            empty = self._quality[s] == "empty"
+            if empty.any() and (~empty).any():  # ambient RNA: the average profile of the chunk's cells
+                ambient = mean[~empty] / mean[~empty].sum(axis=1, keepdims=True)
+                mean[empty] = ambient.mean(axis=0) * c["rna_library"][empty, None]
+        counts = sp.csr_matrix(rng.poisson(mean * noise).astype(np.float32))
+        return self._add_doublet_partners(i, counts)
 
     def atac_chunk(self, i: int) -> sp.csr_matrix:
         """Poisson ATAC counts for chunk ``i``: N ~ Poisson(library), spread over peaks by openness."""
@@ -601,7 +639,75 @@ class MultiomeSimulator:
         prof = np.concatenate([profile, k + lo + 1])
         n = np.concatenate([total, upper])
         n[on_traj] -= upper
-        return self._profiles().sample(rng, cells, prof, n, len(total))
+        if self._partner is not None:
+            cells, prof, n = self._ambient_atac(rng, s, cells, prof, n, len(total))
+        counts = self._profiles().sample(rng, cells, prof, n, len(total))
+        return self._add_doublet_partners(i, counts)
+
+    # --- planted low-quality cells (opt-in) ----------------------------------------------
+    def _plant_low_quality(self) -> None:
+        """Pick the low-quality cells (exact counts, own random stream) and change their libraries."""
+        p = self.params
+        rng = np.random.default_rng([p.seed, _QUALITY])
+        n = p.n_cells
+        order = rng.permutation(n)
+        quality = np.full(n, "good", dtype=object)
+        start = 0
+        for kind, fraction in p.quality_fractions.items():
+            k = int(round(fraction * n))
+            quality[order[start:start + k]] = kind
+            start += k
+        c = {key: value.copy() for key, value in self._cells.items()}
+        pick = {kind: np.flatnonzero(quality == kind) for kind in QUALITY_KINDS}
+        e, low, dmg = pick["empty"], pick["low_count"], pick["damaged"]
+        c["rna_library"][e] = 0.02 * p.rna_median_counts * np.exp(0.5 * rng.standard_normal(e.size))
+        c["atac_library"][e] = 0.02 * p.atac_median_counts * np.exp(0.5 * rng.standard_normal(e.size))
+        c["rna_library"][low] *= rng.uniform(0.03, 0.12, low.size)
+        c["atac_library"][low] *= rng.uniform(0.03, 0.12, low.size)
+        c["rna_library"][dmg] *= rng.uniform(0.1, 0.3, dmg.size)
+        c["mito_share"][dmg] = rng.uniform(0.25, 0.6, dmg.size)
+        c["atac_library"][dmg] *= rng.uniform(0.3, 1.0, dmg.size)
+        # Doublets: each gets the counts of a good cell of the same chunk on top of its own.
+        partner = np.full(n, -1, dtype=np.int64)
+        for i in range(self.n_chunks):
+            s = self.chunk_slice(i)
+            idx = np.arange(s.start, s.stop)
+            good = idx[quality[s] == "good"]
+            doublets = idx[quality[s] == "doublet"]
+            if doublets.size and good.size:
+                partner[doublets] = rng.choice(good, size=doublets.size)
+        self._cells, self._quality, self._partner = c, quality.astype(str), partner
+        self.obs["quality"] = pd.Categorical(quality.astype(str), categories=("good",) + QUALITY_KINDS)
+
+    def _ambient_atac(self, rng, s: slice, cells, prof, n, n_cells):
+        """Empty droplets' ATAC counts spread evenly over the discrete types' profiles (ambient DNA)."""
+        k = self.params.n_types
+        empty = np.flatnonzero(self._quality[s] == "empty")
+        if not empty.size or k == 0:
+            return cells, prof, n
+        drop = np.isin(cells, empty)
+        totals = np.bincount(cells[drop], weights=n[drop], minlength=n_cells)[empty].astype(np.int64)
+        split = np.stack([rng.multinomial(t, np.full(k, 1.0 / k)) for t in totals])  # empties x types
+        keep = ~drop
+        cells = np.concatenate([cells[keep], np.repeat(empty, k)])
+        prof = np.concatenate([prof[keep], np.tile(np.arange(k), empty.size)])
+        n = np.concatenate([n[keep], split.ravel()])
+        return cells, prof, n
+
+    def _add_doublet_partners(self, i: int, counts: sp.csr_matrix) -> sp.csr_matrix:
+        """Rows of doublets plus their partner's row (same chunk): a sum of two cells' counts."""
+        if self._partner is None:
+            return counts
+        s = self.chunk_slice(i)
+        rows = np.flatnonzero(self._partner[s] >= 0)
+        if not rows.size:
+            return counts
+        m = counts.shape[0]
+        extra = sp.csr_matrix((np.ones(rows.size, np.float32), (rows, self._partner[s][rows] - s.start)), shape=(m, m))
+        out = (sp.identity(m, dtype=np.float32, format="csr") + extra) @ counts
+        out = sp.csr_matrix(out, dtype=np.float32)
+        out.sort_indices()
+        return out
 
     def iter_chunks(self) -> Iterator[tuple[slice, sp.csr_matrix, sp.csr_matrix]]:
         """Yield ``(cell slice, rna CSR, atac CSR)`` per chunk; memory stays O(chunk)."""
@@ -621,7 +727,7 @@ class MultiomeSimulator:
             mdata = md.MuData({"rna": rna, "atac": atac})
         for col in self.obs.columns:
             mdata.obs[col] = self.obs[col].to_numpy() if col == "pseudotime" else self.obs[col].values
-        record_step(mdata, "simulate", asdict(self.params), seed=self.params.seed,
+        record_step(mdata, "simulate", self.params.record(), seed=self.params.seed,
                     n_links=int(len(self.links)), chrom_sizes=self.chrom_sizes)
         return mdata
 

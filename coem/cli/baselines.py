@@ -233,6 +233,7 @@ def write_outputs(prefix, args, comparison, runtime, assignments, details, recor
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    baselines._import_seacells()  # first: a light install (make install) has no SEACells; say how to add it
     _check_args(args)
     methods = parse_methods(args.methods, args.sample)
     prefix = args.prefix or args.sample

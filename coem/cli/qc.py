@@ -4,9 +4,10 @@ Outputs (``P`` = ``--prefix``, default the sample id):
 
 - ``P.qc.h5mu``: the filtered cells/genes/peaks with QC metrics in ``obs`` and the step record
   under ``uns['coem']['qc']``;
-- ``P.qc_summary.json``: the QCReport;
+- ``P.qc_summary.json``: the QCReport (thresholds applied, and in auto mode how each was derived);
 - MultiQC custom content: ``P_qc_general_mqc.json`` (General Statistics row),
-  ``P_qc_summary_mqc.json`` (before/after table), ``P_qc_{rna_counts,atac_counts,genes}_mqc.json``
+  ``P_qc_summary_mqc.json`` (before/after table with the thresholds used and the cells each
+  removed), ``P_qc_{rna_counts,atac_counts,genes}_mqc.json``
   (per-cell boxplots of at most 2,000 cells, seeded);
 - ``versions.yml``.
 
@@ -30,7 +31,7 @@ from coem._logging import get_logger
 from coem.cli._common import base_parser
 from coem.errors import CoemInputError
 from coem.provenance import record_step, write_versions_yml
-from coem.qc import QCThresholds, QCReport, apply_qc
+from coem.qc import PER_CELL_THRESHOLDS, QC_MODES, AutoQC, QCThresholds, QCReport, apply_qc
 
 STEP = "qc"
 MAX_BOX_CELLS = 2000
@@ -67,6 +68,16 @@ def _number_or_none(text: str) -> float | None:
     return int(value) if value.is_integer() else value
 
 
+class _Unset:
+    """Default of the threshold flags: tells 'not given' (derive it, or the fixed default) from a value."""
+
+    def __repr__(self) -> str:
+        return "derived (auto) / fixed default"
+
+
+UNSET = _Unset()
+
+
 def build_parser():
     parser = base_parser("Per-cell QC of one multiome sample (RNA + ATAC).")
     inputs = parser.add_argument_group("input (one of --h5, --h5mu, or --rna with --atac)")
@@ -76,12 +87,26 @@ def build_parser():
     inputs.add_argument("--atac", default=None, help="ATAC AnnData (.h5ad)")
     inputs.add_argument("--labels", default=None, help="CSV of cell labels (barcode,label)")
     inputs.add_argument("--annotation", default=None, help="gene TSS table (when the input has none)")
-    defaults = QCThresholds()
-    thresholds = parser.add_argument_group("QC thresholds (defaults for 10x Multiome)")
+    defaults, rule = QCThresholds(), AutoQC()
+    mode = parser.add_argument_group("how the per-cell thresholds are set")
+    mode.add_argument("--qc-mode", choices=QC_MODES, default="auto",
+                      help="auto: derived from each sample's distributions by MADs with floors (coem.qc.AutoQC); "
+                           "fixed: the thresholds below, 10x Multiome defaults for those not given (default: auto)")
+    mode.add_argument("--nmads", type=float, default=rule.nmads,
+                      help=f"auto: low cut in MADs of log1p counts/features below the median (default: {rule.nmads})")
+    mode.add_argument("--nmads-high", type=_number_or_none, default=rule.nmads_high,
+                      help=f"auto: high cut on log1p counts in MADs above the median, 'none' = off "
+                           f"(default: {rule.nmads_high})")
+    thresholds = parser.add_argument_group(
+        "QC thresholds (auto mode: a per-cell threshold given here replaces the derived one; "
+        "fixed mode: defaults for 10x Multiome)")
     for name, text in THRESHOLD_HELP.items():
+        per_cell = name in PER_CELL_THRESHOLDS
         thresholds.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=_number_or_none, default=getattr(defaults, name),
-            help=f"{text} (default: {getattr(defaults, name)})",
+            "--" + name.replace("_", "-"), dest=name, type=_number_or_none,
+            default=UNSET if per_cell else getattr(defaults, name),
+            help=f"{text} (default: {'derived in auto mode, ' if per_cell else ''}"
+                 f"{getattr(defaults, name)}{' in fixed mode' if per_cell else ''})",
         )
     return parser
 
@@ -107,10 +132,19 @@ def _input_files(row: dict) -> str:
     return row["h5"] or row["h5mu"] or f"{row['rna']} + {row['atac']}"
 
 
-def _thresholds(args) -> QCThresholds:
-    """Turn the threshold flags into QCThresholds; a bad value becomes a user-facing error."""
+def _thresholds(args) -> tuple[QCThresholds, AutoQC | None, tuple[str, ...]]:
+    """The flags as (thresholds, auto rule or None in fixed mode, per-cell thresholds given).
+
+    Flags not given take QCThresholds' defaults (fixed mode) or are derived (auto mode). A bad
+    value becomes a user-facing error.
+    """
+    given = tuple(name for name in PER_CELL_THRESHOLDS if getattr(args, name) is not UNSET)
+    values = {name: getattr(args, name) for name in THRESHOLD_HELP if getattr(args, name) is not UNSET}
     try:
-        return QCThresholds(**{name: getattr(args, name) for name in THRESHOLD_HELP})
+        rule = AutoQC(nmads=args.nmads, nmads_high=args.nmads_high) if args.qc_mode == "auto" else None
+        if rule is not None:  # placeholders for the derived ones, so a given max is not checked against 500
+            values = {**{n: (0 if n.startswith("min_") else None) for n in PER_CELL_THRESHOLDS}, **values}
+        return QCThresholds(**values), rule, given
     except ValueError as err:
         raise CoemInputError(f"invalid QC threshold: {err}", sample=args.sample) from err
 
@@ -159,8 +193,9 @@ def write_multiqc(prefix: str, sample: str, report: QCReport, obs, seed: int) ->
                                    general_headers)]
     paths.append(multiqc.table(
         f"{prefix}_qc_summary_mqc.json", "coem_qc_summary", "QC: before / after",
-        "Cells, genes and peaks before and after QC, cells failing each filter (a cell can fail several) "
-        "and median per-cell metrics.",
+        "Cells, genes and peaks before and after QC; the QC mode (auto: thresholds derived from the sample "
+        "by MADs with floors, fixed: as given), each per-cell threshold applied and the cells failing it "
+        "(a cell can fail several); median per-cell metrics.",
         {sample: _summary_row(report)},
     ))
     keep = _subsample(len(obs), seed)
@@ -181,7 +216,12 @@ def _summary_row(report: QCReport) -> dict:
         "genes_before": report.genes_before, "genes_after": report.genes_after,
         "peaks_before": report.peaks_before, "peaks_after": report.peaks_after,
     }
-    row.update({f"failed_{name}": n for name, n in report.removed_by_filter.items()})
+    row["qc_mode"] = report.mode
+    for name in PER_CELL_THRESHOLDS:  # the threshold applied (derived or given) and the cells failing it
+        value = report.thresholds[name]
+        row[f"threshold_{name}"] = "off" if value is None else value
+        if name in report.removed_by_filter:
+            row[f"failed_{name}"] = report.removed_by_filter[name]
     for metric, value in report.medians_before.items():
         row[f"median_{metric}_before"] = value
         row[f"median_{metric}_after"] = report.medians_after[metric]
@@ -193,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = args.prefix or args.sample
     process_name = args.process_name or "COEM_QC"
     row = _input_row(args)
-    thresholds = _thresholds(args)
+    thresholds, rule, given = _thresholds(args)
     timings = {}
 
     start = time.perf_counter()
@@ -208,16 +248,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_gene_positions(mdata, args.sample, row)
     start = time.perf_counter()
     try:
-        filtered, report = apply_qc(mdata, thresholds, sample=args.sample)
+        filtered, report = apply_qc(mdata, thresholds, sample=args.sample, rule=rule, given=given)
     except CoemInputError as err:  # name the input too: the operator fixes thresholds or that file
         raise err.with_context(file=_input_files(row)) from err
+    except ValueError as err:  # a given threshold contradicts a derived one (e.g. a max below the derived min)
+        raise CoemInputError(f"invalid QC threshold: {err}", sample=args.sample, file=_input_files(row)) from err
     timings["qc_s"] = round(time.perf_counter() - start, 3)
+    log.info("QC %s (%s thresholds: %s)", args.sample, report.mode,
+             ", ".join(f"{k}={v}" for k, v in report.thresholds.items() if k in PER_CELL_THRESHOLDS))
     log.info("QC %s: %d of %d cells kept (%.1f%%), %d genes, %d peaks in %.2f s", args.sample,
              report.cells_after, report.cells_before, report.pct_cells_kept, report.genes_after,
              report.peaks_after, timings["qc_s"])
 
     start = time.perf_counter()
-    params = {**thresholds.to_dict(), "inputs": row}
+    params = {**report.thresholds, "qc_mode": report.mode, "auto_rule": report.rule,
+              "given": list(given), "inputs": row}
     record_step(filtered, STEP, params, seed=args.seed, timings=timings, report=report.to_dict())
     _write_outputs(prefix, args, filtered, report, process_name)
     log.info("wrote %s.qc.h5mu and reports in %.2f s", prefix, time.perf_counter() - start)

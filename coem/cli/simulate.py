@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from coem._logging import get_logger
 from coem.provenance import write_versions_yml
-from coem.simulate import MultiomeSimulator, SimParams
+from coem.simulate import QUALITY_KINDS, MultiomeSimulator, SimParams
 
 log = get_logger("coem.simulate")
 FORMATS = ("h5mu", "pair", "10x")
@@ -93,7 +93,8 @@ class _Totals:
             "rna_median_counts": float(np.median(rna)), "atac_median_counts": float(np.median(atac)),
             "rna_nonzero_fraction": self.rna_nnz / (n * len(sim.genes)),
             "atac_nonzero_fraction": self.atac_nnz / (n * len(sim.peaks)),
-        }
+        } | ({"quality": {str(k): int(v) for k, v in sim.obs["quality"].value_counts(sort=False).items()}}
+             if sim.params.has_low_quality else {})
 
 
 def _stream_counts(sim: MultiomeSimulator, rna: CsrAppender, atac: CsrAppender, totals: _Totals) -> None:
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same files)")
     p.add_argument("--chunk-size", type=int, default=d.chunk_size,
                    help="cells generated at once (part of the seed contract)")
+    for kind, text in (("empty", "empty-droplet-like cells (ambient-level counts in both modalities)"),
+                       ("low-count", "poorly captured cells (both libraries at 3-12%% of a cell's)"),
+                       ("damaged", "broken cells (low RNA, 25-60%% mitochondrial; ATAC 30-100%%)"),
+                       ("doublet", "doublets (a cell's counts plus another cell's)")):
+        p.add_argument(f"--{kind}-fraction", type=float, default=0.0,
+                       help=f"fraction of cells planted as {text}; their kind is in obs 'quality' (default 0)")
     p.add_argument("--outdir", default=".", help="output folder (created)")
     p.add_argument("--prefix", default="sim", help="output file prefix")
     p.add_argument("--format", choices=FORMATS, default="h5mu",
@@ -194,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _params(args: argparse.Namespace) -> SimParams:
     return SimParams(n_cells=args.n_cells, n_genes=args.n_genes, n_peaks=args.n_peaks, n_types=args.n_types,
                      trajectory_fraction=args.trajectory_fraction, lag=args.lag, seed=args.seed,
-                     chunk_size=args.chunk_size)
+                     chunk_size=args.chunk_size, empty_fraction=args.empty_fraction,
+                     low_count_fraction=args.low_count_fraction, damaged_fraction=args.damaged_fraction,
+                     doublet_fraction=args.doublet_fraction)
 
 
 def write_outputs(sim: MultiomeSimulator, outdir: Path, prefix: str, fmt: str, compression: str | None) -> dict:

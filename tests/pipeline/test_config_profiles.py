@@ -9,11 +9,12 @@ from .conftest import REPO, run_nextflow
 pytestmark = pytest.mark.pipeline
 
 
-def _config(tmp_path, profile: str, **params: str) -> str:
+def _config(tmp_path, profile: str | None, **params: str) -> str:
     """The flat config for a profile; `params` are set through an extra config file (-c)."""
     extra = tmp_path / "params.config"
     extra.write_text("params {\n" + "".join(f"    {k} = '{v}'\n" for k, v in params.items()) + "}\n")
-    result = run_nextflow(["-c", str(extra), "config", str(REPO), "-profile", profile, "-flat"], tmp_path)
+    profile_args = ["-profile", profile] if profile else []  # no profile: what a newcomer runs
+    result = run_nextflow(["-c", str(extra), "config", str(REPO), *profile_args, "-flat"], tmp_path)
     assert result.returncode == 0, result.output[-3000:]
     return result.output
 
@@ -22,6 +23,35 @@ def test_test_profile_caps_resources(tmp_path):
     out = _config(tmp_path, "test")
     assert "params.input = " in out and "samplesheet_test.csv" in out
     assert "params.max_cpus = 2" in out
+    assert "process.resourceLimits = [cpus:2, memory:'6 GB', time:'1h']" in out
+
+
+def _machine_memory_mb() -> int:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+def test_no_profile_caps_resources_at_this_machine(tmp_path):
+    import os
+
+    out = _config(tmp_path, None)  # no profile: the local executor
+    assert f"params.max_cpus = {os.cpu_count()}" in out
+    memory_mb = int(out.split("params.max_memory = '")[1].split(".MB'")[0])
+    assert abs(memory_mb - _machine_memory_mb()) <= 0.02 * _machine_memory_mb()
+    assert f"process.resourceLimits = [cpus:{os.cpu_count()}, memory:" in out
+
+
+def test_docker_and_gpu_profiles_cap_at_this_machine_too(tmp_path):
+    import os
+
+    assert f"params.max_cpus = {os.cpu_count()}" in _config(tmp_path, "docker,gpu")
+
+
+def test_cloud_profiles_keep_the_cluster_caps(tmp_path):
+    out = _config(tmp_path, "googlebatch", gcp_project="my-project")
+    assert "params.max_cpus = 16" in out and "params.max_memory = '128.GB'" in out
+    assert "process.resourceLimits = [cpus:16, memory:'128 GB'" in out
 
 
 def test_docker_profile(tmp_path):

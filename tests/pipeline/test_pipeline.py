@@ -138,3 +138,24 @@ def test_invalid_parameter_value_is_rejected(tmp_path):
     # Every bad value is reported in the same run, with the schema's bound.
     assert "--vae_max_peak_fraction: 1.5 is above the maximum 1" in result.output
     assert "--vae_n_peaks: -1 is below the minimum 0" in result.output
+
+
+def test_no_profile_no_resource_flags_runs_on_this_machine(tmp_path, nextflow_available):
+    """What a newcomer runs: no -profile, no --max_cpus / --max_memory, on the CI machine (2 cores
+    here). Only science parameters are shortened (15 epochs, as in the test profile) to keep CI quick."""
+    import os
+
+    sheet = REPO / "assets" / "samplesheet_test.csv"
+    result = run_nextflow(["run", str(REPO), "--input", str(sheet), "--outdir", "results",
+                           "--vae_epochs", "15", "--cells_per_metacell", "20"], tmp_path)
+    assert result.returncode == 0, result.output[-6000:]
+    rows = latest_trace(result.outdir)
+    train = [r for r in rows if r["process"].endswith("TRAIN_VAE")]
+    assert len(train) == 2 and all(r["status"] == "COMPLETED" for r in rows)
+    assert {int(r["cpus"]) for r in train} == {min(4, os.cpu_count())}  # asked for 4, capped at the machine
+    for sample in SAMPLES:
+        qc = json.loads((result.outdir / "qc" / f"{sample}.qc_summary.json").read_text())
+        assert qc["mode"] == "auto" and qc["cells_after"] >= 0.97 * qc["cells_before"]
+        assert qc["derivation"]["min_rna_counts"]["source"] in {"mad", "floor"}
+    row = _multiqc_data(result.outdir)["report_saved_raw_data"]["multiqc_coem_qc_summary_plot"]["sim1"]
+    assert row["qc_mode"] == "auto" and "threshold_min_rna_counts" in row and "failed_min_rna_counts" in row

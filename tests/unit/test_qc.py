@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from coem.errors import CoemInputError
-from coem.qc import QCThresholds, apply_qc, compute_qc_metrics, mito_mask
+from coem.qc import AutoQC, QCThresholds, apply_qc, compute_qc_metrics, derive_thresholds, mito_mask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -213,8 +213,14 @@ def test_zero_cells_left_is_a_clear_error(tiny):
         apply_qc(tiny, QCThresholds(**{**TINY, "min_atac_counts": 100}), sample="S1")
 
 
-def test_defaults_on_tiny_data_fail_with_most_removing_filter(tiny):
+def test_fixed_10x_preset_on_tiny_data_fails_with_most_removing_filter(tiny):
     with pytest.raises(CoemInputError, match="no cell passes QC.*min_rna_counts=500 \\(6 cells fail it"):
+        apply_qc(tiny, QCThresholds(), sample="S1")
+
+
+def test_auto_default_on_tiny_data_fails_on_the_floors(tiny):
+    # 0-20 UMIs per cell: every cell is under the 100-UMI floor, whatever the MADs say.
+    with pytest.raises(CoemInputError, match="no cell passes QC.*min_rna_counts=100 \\(6 cells fail it"):
         apply_qc(tiny, sample="S1")
 
 
@@ -311,6 +317,47 @@ def test_cli_writes_filtered_h5mu_and_multiqc_content(h5mu_input, tmp_path, monk
     assert "QC:" in Path("versions.yml").read_text()
 
 
+def test_cli_auto_mode_records_thresholds_and_fixed_mode_is_as_before(h5mu_input, tmp_path, monkeypatch):
+    from coem.cli.qc import main
+    from coem.provenance import read_step
+
+    monkeypatch.chdir(tmp_path)
+    # Auto (default): the given per-cell thresholds win, the others (mito, high cuts) are derived.
+    given = ["--min-rna-counts", "5", "--min-genes", "2", "--min-atac-counts", "1", "--min-peaks", "1",
+             "--min-cells-per-gene", "2", "--min-cells-per-peak", "2", "--min-cells", "10"]
+    assert main(["--sample", "S1", "--h5mu", str(h5mu_input), "--prefix", "A", *given]) == 0
+    summary = json.loads(Path("A.qc_summary.json").read_text())
+    assert summary["mode"] == "auto" and summary["cells_after"] == 57
+    how = summary["derivation"]
+    assert how["min_rna_counts"] == {"value": 5, "source": "given"}
+    assert how["max_pct_mito"]["source"] in {"mad", "floor", "ceiling"} and how["max_rna_counts"]["source"] == "mad"
+    assert summary["thresholds"]["max_pct_mito"] == how["max_pct_mito"]["value"]
+    row = json.loads(Path("A_qc_summary_mqc.json").read_text())["data"]["S1"]
+    assert row["qc_mode"] == "auto" and row["threshold_min_rna_counts"] == 5
+    assert row["threshold_max_rna_counts"] == how["max_rna_counts"]["value"] and row["failed_min_rna_counts"] == 3
+    record = read_step(md.read_h5mu("A.qc.h5mu"), "qc")
+    assert record["params"]["qc_mode"] == "auto" and record["params"]["min_genes"] == 2
+
+    # Fixed: exactly the thresholds given, the 10x defaults for the rest, max_* off unless given.
+    assert main(["--sample", "S1", "--h5mu", str(h5mu_input), "--prefix", "F", "--qc-mode", "fixed",
+                 *CLI_FLAGS]) == 0
+    summary = json.loads(Path("F.qc_summary.json").read_text())
+    assert summary["mode"] == "fixed" and summary["derivation"] == {} and summary["cells_after"] == 57
+    assert summary["thresholds"]["max_pct_mito"] == 30 and summary["thresholds"]["max_rna_counts"] is None
+    row = json.loads(Path("F_qc_summary_mqc.json").read_text())["data"]["S1"]
+    assert row["threshold_max_rna_counts"] == "off" and "failed_max_rna_counts" not in row
+    with pytest.raises(CoemInputError, match="no cell passes QC.*min_rna_counts=500"):
+        main(["--sample", "S1", "--h5mu", str(h5mu_input), "--prefix", "G", "--qc-mode", "fixed"])
+
+
+def test_cli_given_max_below_derived_min_is_an_input_error(h5mu_input, tmp_path, monkeypatch):
+    from coem.cli.qc import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CoemInputError, match="invalid QC threshold: max_rna_counts=50 is below min_rna_counts=100"):
+        main(["--sample", "S1", "--h5mu", str(h5mu_input), "--max-rna-counts", "50"])
+
+
 def test_cli_boxplots_are_subsampled_with_the_seed(monkeypatch):
     import coem.cli.qc as cli
 
@@ -362,15 +409,129 @@ def test_bin_script_is_the_shim_and_input_errors_exit_2(tmp_path, monkeypatch, c
 
 
 def test_defaults_keep_most_simulated_cells():
-    simulate = pytest.importorskip("coem.simulate", reason="coem.simulate is not there yet")
-    mdata = simulate.simulate_multiome(n_cells=300, seed=0).mdata
-    filtered, report = apply_qc(mdata, QCThresholds(), sample="sim")
+    from coem.simulate import simulate_multiome
+
+    mdata = simulate_multiome(n_cells=300, seed=0).mdata
+    filtered, report = apply_qc(mdata, QCThresholds(), sample="sim")  # the fixed 10x preset
     assert report.removed_by_filter["max_pct_mito"] < 0.2 * report.cells_before
     assert report.cells_after > 0.8 * report.cells_before
     assert filtered.n_obs == report.cells_after
+    _, auto = apply_qc(mdata, sample="sim")  # the derived thresholds keep well-behaved cells too
+    assert auto.mode == "auto" and auto.cells_after >= 0.98 * auto.cells_before
+
+
+def test_planted_low_quality_cells_are_removed_and_good_ones_kept():
+    """10x-like densities (1,500 UMIs, 3,000 ATAC counts per cell), 5% of each planted kind."""
+    from coem.simulate import simulate_multiome
+
+    sim = simulate_multiome(n_cells=2000, n_genes=500, n_peaks=5000, seed=0, empty_fraction=0.05,
+                            low_count_fraction=0.05, damaged_fraction=0.05, doublet_fraction=0.05)
+    quality = sim.mdata.obs["quality"].astype(str)
+    filtered, report = apply_qc(sim.mdata, sample="sim")
+    removed = ~quality.index.isin(filtered.obs_names)
+    bad = quality.isin(["empty", "low_count", "damaged"]).to_numpy()
+    good = (quality == "good").to_numpy()
+    assert bad.sum() == 300 and good.sum() == 1600
+    assert removed[bad].mean() >= 0.90
+    assert removed[good].mean() <= 0.02
+    for kind in ("empty", "low_count", "damaged"):  # each kind on its own, too
+        assert removed[(quality == kind).to_numpy()].mean() >= 0.90, kind
+    # Count-based QC is not a doublet detector: a doublet has about twice a cell's counts,
+    # well under the 5-MAD high cut. Recorded, not required.
+    assert removed[(quality == "doublet").to_numpy()].mean() < 0.5
+
+
+# ---------------------------------------------------------------- auto thresholds
+
+# log1p(counts) = 8 + (-2, -1, -0.5, 0, 0, 0, 0.5, 1, 2): median 8, MAD 0.5, scaled 0.7413 (x 1.4826).
+HAND_COUNTS = np.array([402, 1096, 1807, 2980, 2980, 2980, 4914, 8102, 22025], dtype=float)
+
+
+def _hand_metrics(genes=300, mito=(0, 1, 2, 3, 4, 5, 6, 7, 30.0)):
+    return pd.DataFrame({
+        "rna_total_counts": HAND_COUNTS, "rna_n_genes": np.full(9, genes), "rna_pct_mito": np.asarray(mito, float),
+        "atac_total_counts": 2 * HAND_COUNTS, "atac_n_peaks": np.full(9, 40),
+    })
+
+
+def test_derived_thresholds_match_hand_computed_values():
+    t, how = derive_thresholds(_hand_metrics())
+    # low: expm1(8 - 3 x 0.7413) = 321.3 -> 322 (whole UMIs); high: expm1(8 + 5 x 0.7413) = 121,392.x
+    assert t.min_rna_counts == 322 and how["min_rna_counts"]["source"] == "mad"
+    assert t.max_rna_counts == 121392
+    assert t.min_atac_counts == 644  # 2x the counts: log1p shifts by log 2, MAD unchanged
+    # genes and peaks have MAD 0 (all cells equal): only the floors apply
+    assert (t.min_genes, how["min_genes"]["source"]) == (50, "floor")
+    assert (t.min_peaks, how["min_peaks"]["source"]) == (50, "floor")
+    # % mito: expm1(log1p(4) + 3 x 0.697) = 39.4 > the 20% ceiling
+    assert (t.max_pct_mito, how["max_pct_mito"]["source"]) == (20.0, "ceiling")
+    assert how["min_rna_counts"]["mad_log1p"] == pytest.approx(1.4826 * 0.5, rel=1e-4)
+
+
+def test_derived_mito_cut_between_floor_and_ceiling_and_floor_without_mito():
+    t, how = derive_thresholds(_hand_metrics(mito=(6, 7, 7.5, 8, 8, 8, 8.5, 9, 10)))
+    # log1p(% mito): median log 9 = 2.197; |deviations| median log(9/8.5) = 0.0572, scaled 0.0847;
+    # cut expm1(2.197 + 3 x 0.0848) = 10.606, rounded down to 0.01
+    assert t.max_pct_mito == 10.6 and how["max_pct_mito"]["source"] == "mad"
+    t, how = derive_thresholds(_hand_metrics(mito=(3, 3.5, 3.8, 4, 4, 4, 4.2, 4.5, 5)))
+    assert (t.max_pct_mito, how["max_pct_mito"]["mad_cut"]) == (5.0, 4.99)  # the 5% floor binds
+    t, how = derive_thresholds(_hand_metrics(mito=(0,) * 9))  # no mitochondrial genes in the panel
+    assert (t.max_pct_mito, how["max_pct_mito"]["source"]) == (5.0, "floor")
+
+
+def test_given_thresholds_replace_derived_ones_and_rule_knobs_apply():
+    base = QCThresholds(min_rna_counts=1000, max_pct_mito=None, min_cells=7)
+    t, how = derive_thresholds(_hand_metrics(), AutoQC(nmads=2, nmads_high=None), base,
+                               given=("min_rna_counts", "max_pct_mito"))
+    assert t.min_rna_counts == 1000 and how["min_rna_counts"] == {"value": 1000, "source": "given"}
+    assert t.max_pct_mito is None and t.min_cells == 7
+    assert t.max_rna_counts is None and how["max_rna_counts"]["source"] == "off"
+    # ATAC: median log1p 8.6930, scaled MAD 0.74152: expm1(8.6930 - 2 x 0.74152) = 1351.4 -> 1352
+    assert t.min_atac_counts == 1352
+
+
+def test_auto_rule_validation():
+    with pytest.raises(ValueError, match="nmads must be > 0"):
+        AutoQC(nmads=0)
+    with pytest.raises(ValueError, match="mito_floor <= mito_ceiling"):
+        AutoQC(mito_floor=30)
+    with pytest.raises(ValueError, match="unknown per-cell thresholds"):
+        derive_thresholds(_hand_metrics(), given=("min_cells",))
+
+
+def test_auto_mode_report_records_rule_and_derivation():
+    from coem.simulate import simulate_multiome
+
+    mdata = simulate_multiome(n_cells=300, seed=1).mdata
+    _, report = apply_qc(mdata, sample="sim")
+    out = json.loads(json.dumps(report.to_dict()))
+    assert out["mode"] == "auto" and out["rule"]["nmads"] == 3.0 and out["rule"]["floor_rna_counts"] == 100
+    assert set(out["derivation"]) == {"min_rna_counts", "max_rna_counts", "min_genes", "max_pct_mito",
+                                      "min_atac_counts", "max_atac_counts", "min_peaks"}
+    assert out["thresholds"]["min_rna_counts"] == out["derivation"]["min_rna_counts"]["value"]
+    _, fixed = apply_qc(mdata, QCThresholds(), sample="sim")
+    assert fixed.mode == "fixed" and fixed.derivation == {} and fixed.thresholds["min_rna_counts"] == 500
 
 
 # ---------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_scicar_auto_qc_keeps_what_the_documented_thresholds_keep():
+    """No flags: the derived thresholds keep >= 80% of the 2,274 cells the documented ones keep."""
+    path = REPO / ".." / "shared" / "data" / "scicar_a549" / "scicar_a549.h5mu"
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (needs the shared data folder next to the repository)")
+    mdata = md.read_h5mu(str(path))
+    filtered, report = apply_qc(mdata, sample="scicar")
+    documented, _ = apply_qc(mdata, QCThresholds(min_rna_counts=200, min_genes=100, min_atac_counts=100,
+                                                  min_peaks=100), sample="scicar")
+    kept = set(filtered.obs_names)
+    assert len(kept & set(documented.obs_names)) >= 0.8 * documented.n_obs
+    assert report.cells_after == 2422  # sci-CAR's RNA floor (100 UMIs) and ATAC floor (100) bind
+    assert report.thresholds["min_rna_counts"] == 100 and report.thresholds["min_atac_counts"] == 100
+    _, fixed_10x = apply_qc(mdata, QCThresholds(), sample="scicar")  # what the old defaults did
+    assert fixed_10x.cells_after < 0.2 * report.cells_before
 
 
 @pytest.mark.realdata

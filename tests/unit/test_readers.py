@@ -401,7 +401,7 @@ def test_real_scicar_h5mu_with_labels(shared_data: Path, tmp_path: Path):
     assert_layout(mdata)
     rna, atac = mdata.mod["rna"], mdata.mod["atac"]
     assert (mdata.n_obs, rna.n_vars, atac.n_vars) == (2641, 1185, 51320)
-    assert int(rna.var["tss"].notna().sum()) == 1087  # the data README's count since the 2026-11-30 rebuild
+    assert int(rna.var["tss"].notna().sum()) == 1087  # the data README (rebuilt 2026-11-30): 1,087 of 1,185
     assert (rna.var.loc[rna.var["tss"].isna(), "strand"] == ".").all()
     assert set(atac.X.data) == {1.0}
     assert rna.var.loc["FKBP5", "chrom"] == "chr6" and rna.var.loc["FKBP5", "strand"] == "-"

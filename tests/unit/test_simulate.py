@@ -357,3 +357,61 @@ def test_cli_bad_parameters_exit_2_with_message(tmp_path, capsys):
     assert code == 2
     assert "ERROR: invalid simulation parameters: n_cells must be >= 1" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- planted low-quality cells
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+LOW_QUALITY = {"empty_fraction": 0.05, "low_count_fraction": 0.05, "damaged_fraction": 0.05,
+               "doublet_fraction": 0.05}
+
+
+def test_without_low_quality_cells_the_shipped_test_data_is_reproduced():
+    """Fractions default to 0: the simulator still draws the shipped sim2 exactly (same counts, same record)."""
+    import mudata as md
+
+    shipped = _quiet(md.read_h5mu, REPO / "assets" / "test_data" / "sim2.h5mu")
+    sim = _quiet(simulate_multiome, n_cells=600, n_genes=400, n_peaks=3000, n_types=4, trajectory_fraction=0.3,
+                 seed=2)
+    assert "quality" not in sim.mdata.obs and not SimParams().has_low_quality
+    assert shipped.obs_names.equals(sim.mdata.obs_names)
+    for mod in ("rna", "atac"):
+        assert (shipped.mod[mod].X != sim.mdata.mod[mod].X).nnz == 0
+    recorded = json.loads(shipped.uns["coem"]["simulate"])["params"]
+    assert recorded == json.loads(json.dumps(sim.params.record()))
+    assert "empty_fraction" not in recorded
+
+
+def test_planted_low_quality_cells_have_their_kind_and_counts():
+    sim = _quiet(simulate_multiome, n_cells=1000, n_genes=300, n_peaks=2000, seed=3, chunk_size=400, **LOW_QUALITY)
+    obs = sim.mdata.obs
+    quality = obs["quality"].astype(str).to_numpy()
+    assert {k: int((quality == k).sum()) for k in ("good", "empty", "low_count", "damaged", "doublet")} == {
+        "good": 800, "empty": 50, "low_count": 50, "damaged": 50, "doublet": 50}
+    rna, atac = _row_sums(sim.mdata.mod["rna"].X), _row_sums(sim.mdata.mod["atac"].X)
+    mito = np.flatnonzero(sim.mdata.mod["rna"].var_names.str.startswith("MT-"))
+    pct_mito = 100 * _row_sums(sim.mdata.mod["rna"].X[:, mito]) / np.maximum(rna, 1)
+    good = quality == "good"
+    med = lambda values, kind: np.median(values[quality == kind])  # noqa: E731
+    assert med(rna, "empty") < 0.05 * np.median(rna[good]) and med(atac, "empty") < 0.05 * np.median(atac[good])
+    assert med(rna, "low_count") < 0.15 * np.median(rna[good]) and med(atac, "low_count") < 0.15 * np.median(atac[good])
+    assert med(pct_mito, "damaged") > 25 and np.median(pct_mito[good]) < 6
+    assert med(rna, "damaged") < 0.35 * np.median(rna[good])
+    assert 1.6 < med(rna, "doublet") / np.median(rna[good]) < 2.5  # two cells' counts
+    again = _quiet(simulate_multiome, n_cells=1000, n_genes=300, n_peaks=2000, seed=3, chunk_size=400, **LOW_QUALITY)
+    assert (again.mdata.mod["atac"].X != sim.mdata.mod["atac"].X).nnz == 0
+    assert np.array_equal(again.mdata.obs["quality"].to_numpy(), obs["quality"].to_numpy())
+
+
+def test_low_quality_fractions_are_validated():
+    with pytest.raises(CoemInputError, match=r"doublet_fraction must lie in \[0, 0.5\]"):
+        SimParams(n_cells=20, doublet_fraction=0.7)
+    with pytest.raises(CoemInputError, match="low-quality fractions add up to 0.9"):
+        SimParams(n_cells=20, empty_fraction=0.45, damaged_fraction=0.45)
+
+
+def test_cli_writes_the_quality_counts(tmp_path):
+    sim = _run_cli(tmp_path, "h5mu", "--empty-fraction", "0.1", "--doublet-fraction", "0.05")
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert summary["quality"] == {"good": 102, "empty": 12, "low_count": 0, "damaged": 0, "doublet": 6}
+    assert "quality" not in sim.mdata.obs  # the reference simulation in _run_cli has none
