@@ -282,8 +282,14 @@ def seacells_links(mdata, labels, svd, pairs, seed: int, validate_genes=()) -> t
 
 
 def on_pairs(pairs: pd.DataFrame, links: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """One method's links on the common pairs: r, z (score), p, fdr (BH over the scored pairs), bg_mean."""
-    cols = ["r", "p"] + (["z", "bg_mean"] if kind == "coem" else [])
+    """One method's links on the common pairs: r, z (the ranking score), p, fdr, bg_mean, and for COEM
+    ``p_over_w`` = -log10(p / weight), the order COEM's weighted FDR uses.
+
+    COEM keeps the pipeline's ``fdr`` (weighted BH over every pair it tested; pairs it skipped as
+    constant are NaN here). SEACells gives nominal p only: its ``fdr`` is BH over the common pairs
+    it tested, and its score orders by p, ties (p = 0 beyond ~8 sd) broken by r."""
+    cols = ["r", "p"] + (["z", "fdr", "bg_mean", "weight"] if kind == "coem" else [])
+    cols = [c for c in cols if c in links.columns]
     out = pairs[["gene", "peak"]].merge(links[["gene", "peak"] + cols], on=["gene", "peak"], how="left")
     if kind == "seacells":
         r, p = out["r"].to_numpy(float), out["p"].to_numpy(float)
@@ -295,7 +301,11 @@ def on_pairs(pairs: pd.DataFrame, links: pd.DataFrame, kind: str) -> pd.DataFram
         score[order] = -np.cumsum(new).astype(float)
         out["z"] = score
         out["bg_mean"] = np.nan
-    out["fdr"] = peak2gene.bh_fdr(out["p"].to_numpy(float))
+        out["fdr"] = peak2gene.bh_fdr(p)
+    else:
+        weight = out["weight"].to_numpy(float) if "weight" in out.columns else np.ones(len(out))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["p_over_w"] = -np.log10(out["p"].to_numpy(float) / weight)
     return out
 
 
@@ -306,9 +316,10 @@ def embeddings(name, mdata, args, timer):
     with timer("rna_pca_atac_lsi"):
         pcs, _ = embed.rna_pca(mdata.mod["rna"][mdata.obs_names].X, n_pcs=50)
         lsi, _ = embed.atac_lsi(mdata.mod["atac"][mdata.obs_names].X, n_lsi=50, seed=args.seed)
-    cache = Path(args.out).parent / f"validate_links_vae_{name}_seed{args.seed}_e{args.vae_epochs}.npz"
+    epochs = dict(item.split("=") for item in args.vae_epochs_for).get(name, args.vae_epochs)
+    cache = Path(args.out).parent / f"validate_links_vae_{name}_seed{args.seed}_e{int(epochs)}.npz"
     with timer("vae"):
-        z, zinfo = cm.vae_z(mdata, args.seed, args.vae_epochs, 10000, args.threads, cache)
+        z, zinfo = cm.vae_z(mdata, args.seed, int(epochs), 10000, args.threads, cache)
     return pcs, lsi, z, zinfo
 
 
@@ -374,6 +385,12 @@ def run_sim(name: str, args) -> dict:
     for method, frame in scored.items():
         results[method] = link_truth.summarise_against_truth(frame, known_scored, recoverable=recov, score="z",
                                                              qs=QS, curve_points=200)
+        if "p_over_w" in frame.columns:
+            labels_ = link_truth.label_known(frame, known_scored)
+            results[method]["auprc_by_p_over_w"] = link_truth.auprc(frame["p_over_w"], labels_)
+            keep = ~link_truth.label_known(frame, known_scored[~recov])
+            results[method]["auprc_recoverable_by_p_over_w"] = link_truth.auprc(frame["p_over_w"][keep],
+                                                                                labels_[keep])
         seac = frame["p"].to_numpy(float) < 0.1
         results[method]["seacells_rule_p0.1_r0.1"] = _rule(frame, known_scored, seac & (frame["r"].to_numpy(float) > 0.1))
     return {"data": info, "n_cells": int(mdata.n_obs), "n_metacells": n_mc, "scored": subset,
@@ -493,7 +510,8 @@ def print_sim(name: str, res: dict) -> None:
     print(f"\n## {name}: {res['n_cells']} cells, {res['n_metacells']} metacells; {res['n_pairs']} pairs "
           f"({res['scored']}); {res['n_planted_scored']} planted links on them, {res['n_planted_recoverable']} "
           f"recoverable\n")
-    cols = {"auprc": "AUPRC", "auprc_recoverable": "AUPRC recov.", "prevalence": "prevalence",
+    cols = {"auprc": "AUPRC", "auprc_recoverable": "AUPRC recov.", "auprc_by_p_over_w": "AUPRC p/w",
+            "auprc_recoverable_by_p_over_w": "AUPRC recov. p/w", "prevalence": "prevalence",
             "recall_at_fdr_0.1": "recall@0.1", "recall_recoverable_at_fdr_0.1": "recall recov.@0.1"}
     for q in QS:
         cols[f"false_share_at_fdr_{q:g}"] = f"false@{q:g}"
@@ -559,6 +577,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=(*SIMS, "scicar"), default=DEFAULT_DATASETS)
     parser.add_argument("--vae-epochs", type=int, default=30)
+    parser.add_argument("--vae-epochs-for", nargs="*", default=[], metavar="DATASET=EPOCHS",
+                        help="per-dataset VAE epochs, e.g. scicar=15")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the VAE")
     parser.add_argument("--seed", type=int, default=0, help="seed of every method (and the VAE)")
     parser.add_argument("--max-genes", type=int, default=0,
