@@ -305,7 +305,7 @@ def time_spectral(z, n_metacells: int, seed: int = 0, k: int = 15) -> BaselineRe
     two parts timed apart; above it ``fit`` (partitioned) is timed as a whole as clustering.
     """
     z = np.asarray(z, dtype=np.float64)
-    model = SpectralMetacells(n_metacells=n_metacells, k=k, seed=seed)
+    model = SpectralMetacells(n_metacells=n_metacells, k=k, random_state=seed)
     if z.shape[0] > model.exact_max_cells:
         start = time.perf_counter()
         model.fit(z)

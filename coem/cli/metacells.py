@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
-                              k=args.k, seed=args.seed, exact_max_cells=args.exact_max_cells,
+                              k=args.k, random_state=args.seed, exact_max_cells=args.exact_max_cells,
                               part_size=args.part_size, neighbours=args.neighbours,
                               diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction,
                               coordinates=args.coordinates)

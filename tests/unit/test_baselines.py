@@ -45,7 +45,7 @@ def tiny_with_metacells(_tiny_sim_cached):
         mdata = tiny_sim.mdata.copy()
     z, _ = pca_lsi_embedding(mdata, n_pcs=10, n_lsi=10)
     mdata.obsm["X_embedding"] = z
-    mdata.obs["metacell"] = SpectralMetacells(n_metacells=5, seed=0).fit(z).names_
+    mdata.obs["metacell"] = SpectralMetacells(n_metacells=5, random_state=0).fit(z).names_
     mdata.obs["label"] = mdata.obs["state"].astype(str)
     return mdata
 
@@ -140,7 +140,7 @@ def test_time_spectral_returns_exactly_the_requested_count(tiny_embeddings):
     assert res.n_returned == 7 and res.method == "coem"
     assert res.kernel_seconds > 0 and res.fit_seconds > 0
     # the timed path is SpectralMetacells' own (same labels)
-    np.testing.assert_array_equal(res.labels, SpectralMetacells(n_metacells=7, seed=0).fit(z).labels_)
+    np.testing.assert_array_equal(res.labels, SpectralMetacells(n_metacells=7, random_state=0).fit(z).labels_)
 
 
 def test_runtime_table_ratios():
