@@ -72,9 +72,19 @@ def bargraph(path, section_id, section_name, description, bars: Mapping[str, Map
     return section(path, section_id, section_name, description, "bargraph", bars, **kw)
 
 
-def linegraph(path, section_id, section_name, description, series: Mapping[str, Mapping], **kw) -> Path:
-    """``series``: {line name: {x: y}}."""
-    data = {name: {float(x): float(y) for x, y in points.items()} for name, points in series.items()}
+def linegraph(path, section_id, section_name, description, series: Mapping[str, Mapping], pairs: bool = False,
+              **kw) -> Path:
+    """``series``: {line name: {x: y}}.
+
+    JSON object keys are strings, and MultiQC 1.35 sorts a line's x values before drawing it:
+    as strings when they come as keys ('1.0', '10.0', '2.0', ...: a zig-zag line). ``pairs=True``
+    writes each line as a list of numeric ``[x, y]`` pairs in increasing x instead, which
+    MultiQC sorts as numbers (checked on its ``multiqc_data.json``: tests/unit/test_multiqc.py).
+    """
+    if pairs:
+        data = {name: sorted([float(x), float(y)] for x, y in points.items()) for name, points in series.items()}
+    else:
+        data = {name: {float(x): float(y) for x, y in points.items()} for name, points in series.items()}
     return section(path, section_id, section_name, description, "linegraph", data, **kw)
 
 

@@ -8,7 +8,8 @@ Outputs (``P`` = ``--prefix``, default the sample id):
 - ``P.vae.pt``: checkpoint (``state_dict``, ``config``, ``history``, the genes and peaks used);
 - ``P.vae_history.tsv``: one row per epoch (losses and their parts, KL weight, seconds);
 - MultiQC custom content: ``P_vae_loss_mqc.json`` (linegraph ``coem_vae_loss``: training and
-  validation loss per epoch) and ``P_vae_summary_mqc.json`` (table ``coem_vae_summary``);
+  validation loss per epoch, written as numeric [epoch, loss] pairs so that MultiQC draws them in
+  epoch order) and ``P_vae_summary_mqc.json`` (table ``coem_vae_summary``);
 - ``versions.yml``.
 
 The h5mu is written under a temporary name and renamed last, so a failed run never leaves a
@@ -227,7 +228,7 @@ def write_multiqc(prefix: str, sample: str, history: dict, summary: dict) -> lis
         "Joint VAE loss per cell and epoch: weighted negative log-likelihood of RNA and ATAC plus the "
         "KL divergence to the GMM prior at full weight (the optimised objective uses the warm-up "
         "KL weight). The kept model is the epoch with the lowest validation loss.",
-        series, pconfig={"xlab": "epoch", "ylab": "loss per cell"},
+        series, pconfig={"xlab": "epoch", "ylab": "loss per cell"}, pairs=True,
     )]
     headers = {
         "device": {"title": "Device"},

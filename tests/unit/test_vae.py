@@ -432,6 +432,8 @@ def test_cli_writes_embedding_checkpoint_history_and_multiqc(h5mu, tmp_path, mon
     loss = json.loads((tmp_path / "S1_vae_loss_mqc.json").read_text())
     assert loss["id"] == "coem_vae_loss" and loss["plot_type"] == "linegraph"
     assert set(loss["data"]) == {"S1 train", "S1 validation"} and len(loss["data"]["S1 train"]) == 3
+    # numeric [epoch, loss] pairs in epoch order (MultiQC sorts string keys as strings)
+    assert [x for x, _ in loss["data"]["S1 train"]] == [1.0, 2.0, 3.0]
     summary = json.loads((tmp_path / "S1_vae_summary_mqc.json").read_text())
     assert summary["id"] == "coem_vae_summary"
     row = summary["data"]["S1"]
