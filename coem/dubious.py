@@ -19,8 +19,9 @@ modality:
    metacells had excess 0.0002-0.005 (RNA) and -0.0004-0.005 (ATAC), half-and-half mixtures
    of two distinct types 0.008-0.086 (RNA) and 0.25-0.49 (ATAC);
 5. flag: dubious in a modality when the Benjamini-Hochberg q over metacells is at most ``fdr``
-   and the excess is at least ``min_excess`` (0.005, about an extra RMS correlation of 0.07);
-   a metacell is dubious when it is dubious in any modality tested.
+   and the excess is at least ``min_excess`` (0.005, about an extra RMS correlation of 0.07)
+   and at least ``NULL_SDS`` (3) null standard deviations (small metacells are noisier); a
+   metacell is dubious when it is dubious in any modality tested.
 
 Metacells with fewer than ``MIN_CELLS`` cells are not tested (NaN, not dubious).
 """
@@ -41,6 +42,8 @@ N_PERMUTATIONS = 100
 FDR = 0.05
 MIN_EXCESS = 0.005
 MIN_CELLS = 5
+# The excess must also reach this many null standard deviations (small metacells: noisier).
+NULL_SDS = 3.0
 # Permutations per block: block x cells x features doubles stay under about 160 MB.
 _BLOCK_VALUES = 20_000_000
 MODALITIES = ("rna", "atac")
@@ -83,13 +86,14 @@ def mean_squared_correlation(Z: np.ndarray) -> np.ndarray:
         return np.where(q >= 2, (fro - q) / (q * (q - 1)), np.nan)
 
 
-def permutation_test(values: np.ndarray, n_permutations: int = N_PERMUTATIONS, seed=0) -> tuple[float, float, float]:
-    """Observed statistic, null mean and permutation p for one metacell (cells x features)."""
+def permutation_test(values: np.ndarray, n_permutations: int = N_PERMUTATIONS,
+                     seed=0) -> tuple[float, float, float, float]:
+    """Observed statistic, null mean, null sd and permutation p for one metacell (cells x features)."""
     values = np.asarray(values, dtype=np.float64)
     n, p = values.shape
     observed = float(mean_squared_correlation(values))
     if not np.isfinite(observed):
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     block = max(1, min(int(n_permutations), _BLOCK_VALUES // max(1, n * p)))
     nulls = []
@@ -99,7 +103,7 @@ def permutation_test(values: np.ndarray, n_permutations: int = N_PERMUTATIONS, s
         nulls.append(mean_squared_correlation(np.take_along_axis(np.broadcast_to(values, (b, n, p)), order, axis=1)))
     null = np.concatenate(nulls)
     pval = (1.0 + float(np.sum(null >= observed))) / (1.0 + null.size)
-    return observed, float(null.mean()), pval
+    return observed, float(null.mean()), float(null.std(ddof=1)) if null.size > 1 else 0.0, pval
 
 
 def benjamini_hochberg(p) -> np.ndarray:
@@ -137,15 +141,16 @@ def homogeneity_test(counts, metacells, n_features: int = N_FEATURES, n_permutat
     for i in range(len(ids)):
         members = np.flatnonzero(codes == i)
         if members.size < MIN_CELLS or cols.size < 2:
-            rows.append((members.size, np.nan, np.nan, np.nan))
+            rows.append((members.size, np.nan, np.nan, np.nan, np.nan))
             continue
-        obs, null_mean, pval = permutation_test(Xn[members].toarray(), n_permutations, seed=[int(seed), i])
-        rows.append((members.size, obs, null_mean, pval))
-    out = pd.DataFrame(rows, index=ids, columns=["n_cells", "statistic", "null_mean", "p"])
+        obs, null_mean, null_sd, pval = permutation_test(Xn[members].toarray(), n_permutations, seed=[int(seed), i])
+        rows.append((members.size, obs, null_mean, null_sd, pval))
+    out = pd.DataFrame(rows, index=ids, columns=["n_cells", "statistic", "null_mean", "null_sd", "p"])
     out["excess"] = out["statistic"] - out["null_mean"]
     out["q"] = benjamini_hochberg(out["p"].to_numpy())
-    out["dubious"] = ((out["q"] <= fdr) & (out["excess"] >= min_excess)).fillna(False).astype(bool)
-    return out[["n_cells", "statistic", "null_mean", "excess", "p", "q", "dubious"]]
+    big = (out["excess"] >= min_excess) & (out["excess"] >= NULL_SDS * out["null_sd"])
+    out["dubious"] = ((out["q"] <= fdr) & big).fillna(False).astype(bool)
+    return out[["n_cells", "statistic", "null_mean", "null_sd", "excess", "p", "q", "dubious"]]
 
 
 def dubious_metacells(mdata, metacell_key: str = "metacell", modalities=MODALITIES, n_features: int = N_FEATURES,
