@@ -9,7 +9,8 @@ LSI of TF-IDF), diffusion components are computed once per modality (Palantir, a
 Outputs (``P`` = ``--prefix``, default the sample id):
 
 - ``P.evaluation.tsv``: one row per metacell (size, compactness/separation per modality,
-  nearest metacell, label and purity when labels are present);
+  nearest metacell, label and purity when labels are present, and the dubious-metacell test
+  of ``coem.dubious``: ``excess_<mod>``, ``p_<mod>``, ``q_<mod>``, ``dubious_<mod>``, ``dubious``);
 - ``P.evaluation_summary.json``: mean +- sd of every metric, sizes, and the step record
   (parameters, seed, versions, timings);
 - ``P.diffusion.npz``: ``obs_names``, ``<mod>_components``, ``<mod>_eigenvalues`` and the
@@ -53,6 +54,9 @@ def build_parser():
     parser.add_argument("--n-components", type=int, default=10, help="diffusion eigenvectors (default 10)")
     parser.add_argument("--n-eigs", type=int, default=10,
                         help="multiscale space keeps eigenvectors 1..n_eigs-1 (SEACells: 10)")
+    from coem.cli.aggregate import add_dubious_arguments
+
+    add_dubious_arguments(parser)
     return parser
 
 
@@ -244,7 +248,8 @@ def write_outputs(prefix: str, args, table, summary, components, eigenvalues, ob
 
 
 def _params(args) -> dict:
-    keys = ("input", "metacell_key", "label_key", "n_hvg", "n_pcs", "n_lsi", "knn", "n_components", "n_eigs")
+    keys = ("input", "metacell_key", "label_key", "n_hvg", "n_pcs", "n_lsi", "knn", "n_components", "n_eigs",
+            "dubious_permutations", "dubious_features", "dubious_fdr", "dubious_min_excess")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -274,6 +279,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, summary = metrics.evaluate_metacells(ids, components, labels)
     timings["metrics_s"] = round(time.perf_counter() - start, 3)
     log.info("%s: metrics of %d metacells in %.2f s", args.sample, len(table), timings["metrics_s"])
+
+    from coem import dubious
+    from coem.cli.aggregate import dubious_table
+
+    start = time.perf_counter()
+    try:
+        flags = dubious_table(mdata, args)
+    except CoemInputError as err:
+        raise err.with_context(sample=args.sample, file=args.input) from err
+    if flags is not None:
+        table = table.join(flags.rename(index=str))
+        summary["dubious"] = dubious.summary(flags)
+        timings["dubious_s"] = round(time.perf_counter() - start, 3)
+        log.info("%s: %d of %d metacells dubious in %.2f s", args.sample, summary["dubious"]["n_dubious"],
+                 len(flags), timings["dubious_s"])
 
     summary = {"sample": args.sample, **summary, "embedding": embed_info,
                "record": step_record(STEP, _params(args), seed=args.seed, timings=timings)}

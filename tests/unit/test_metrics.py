@@ -290,7 +290,12 @@ def test_cli_writes_all_outputs(tmp_path, toy_h5mu, monkeypatch):
     mqc = json.loads(Path("P_evaluation_mqc.json").read_text())
     assert mqc["id"] == "coem_evaluation" and mqc["plot_type"] == "table"
     row = mqc["data"]["S1"]
+    # the dubious-metacell test: the two mixed metacells (5 cells of another state) are flagged
+    assert table.loc[MIXED, "dubious"].all(), table.filter(like="dubious")
+    assert summary["dubious"]["n_metacells"] == 18 and summary["dubious"]["n_dubious"] == table["dubious"].sum()
+    assert row["dubious_pct"] == pytest.approx(100 * table["dubious"].mean())
     assert set(row) == {"n_metacells", "largest_share", "size_gini", "purity_mean", "purity_cells", "warnings",
+                        "dubious_pct",
                         *(f"{m}_{mod}_{stat}" for m in ("compactness", "separation") for mod in ("rna", "atac")
                           for stat in ("mean", "median"))}
     # Three well-separated states (diffusion eigenvalues 1, 0.9994, 0.9977 in RNA): the two mixed
