@@ -96,3 +96,11 @@ def boxplot(path, section_id, section_name, description, values: Mapping[str, li
 
 def html(path, section_id, section_name, description, body: str, **kw) -> Path:
     return section(path, section_id, section_name, description, "html", body, **kw)
+
+
+def scatter(path, section_id, section_name, description, points: Mapping[str, list], **kw) -> Path:
+    """``points``: {series name: [{"x", "y"} and optionally "color"]}; one legend entry per
+    series colour. Points are not annotated with names (MultiQC labels outliers otherwise)."""
+    data = {name: [{**{k: v for k, v in p.items()}, "x": float(p["x"]), "y": float(p["y"]), "annotate": False}
+                   for p in pts] for name, pts in points.items()}
+    return section(path, section_id, section_name, description, "scatter", data, **kw)
