@@ -428,6 +428,9 @@ def comparison_row(result: BaselineResult, ids, components, cell_labels, mdata=N
     for metric in ("compactness", "separation"):
         for mod in ("rna", "atac"):
             row[f"{metric}_{mod}"] = _mean(summary, f"{metric}_{mod}")
+            row[f"{metric}_{mod}_median"] = medians.get(f"{metric}_{mod}", float("nan"))
+    flagged = [mod for mod, flag in summary.get("diffusion", {}).items() if flag.get("nearly_disconnected")]
+    row["nearly_disconnected"] = ",".join(flagged)
     p2g_summary = p2g_negative_fractions(mdata, ids, **p2g) if mdata is not None else {}
     for name in P2G_DEFINITIONS:
         row[f"p2g_negative_{name}"] = p2g_summary.get(name, {}).get("fraction_negative", float("nan"))

@@ -210,6 +210,12 @@ def test_cli_comparison_table_has_a_finite_row_per_method(cli_run, tiny_sim):
     assert table.loc["coem", "n_metacells"] == 5
     assert (table["n_metacells"] <= 5).all() and (table["n_metacells"] >= 2).all()
     assert ((table["purity"] > 0) & (table["purity"] <= 1)).all()
+    medians = [f"{m}_{mod}_median" for m in ("compactness", "separation") for mod in ("rna", "atac")]
+    assert np.isfinite(table[medians].to_numpy(dtype=float)).all()  # robust columns beside the means
+    mqc = json.loads((out / "S_method_comparison_mqc.json").read_text())
+    for row in mqc["data"].values():  # no value above 1e6 unless its modality is flagged
+        for col in ("compactness_rna", "compactness_atac", "separation_rna", "separation_atac"):
+            assert row[col] is None or row[col] < 1e6 or col.split("_")[1] in row["nearly_disconnected"]
 
     assignments = pd.read_csv(out / "S.baseline_assignments.tsv", sep="\t", index_col="cell")
     assert list(assignments.index) == list(tiny_sim.mdata.obs_names)
