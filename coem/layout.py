@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_CELLS = 2000
+MAX_CELLS = 1500
 PERPLEXITY = 30.0
 # 20 well-separated colours (Tableau 20), cycled over metacells and labels.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

@@ -15,6 +15,9 @@ from coem.provenance import _jsonable
 
 PARENT_ID = "coem"
 PARENT_NAME = "COEM metacells"
+PARENT_DESCRIPTION = ("Every sample through QC, the joint embedding, COEM metacells, peak-to-gene links and "
+                      "metacell quality; the Overview table sums up each sample, and each section says what good "
+                      "looks like.")
 PLOT_TYPES = {"generalstats", "table", "bargraph", "linegraph", "boxplot", "scatter", "heatmap", "violin", "html"}
 
 
@@ -54,6 +57,7 @@ def section(
     if parent:
         content["parent_id"] = PARENT_ID
         content["parent_name"] = PARENT_NAME
+        content["parent_description"] = PARENT_DESCRIPTION
     return _write(path, content)
 
 

@@ -11,7 +11,7 @@ Input: ``P.embed.h5mu`` (``obsm['X_embedding']`` from the embed or VAE step). Ou
   (boxplot ``coem_metacell_sizes`` of metacell sizes) and ``P_cells_2d_metacell_mqc.json`` /
   ``P_cells_2d_label_mqc.json`` (scatter ``coem_cells_2d_metacell_<sample>`` /
   ``coem_cells_2d_label_<sample>``: a t-SNE of the embedding, ``coem.layout``, coloured by
-  metacell and by label; up to 2,000 cells; ``--no-cells-2d`` skips it);
+  metacell and by label; up to 1,500 cells; ``--no-cells-2d`` skips it);
 - ``versions.yml``.
 """
 
@@ -99,7 +99,7 @@ def write_cells_2d(prefix: str, sample: str, X, names, labels, seed: int) -> lis
             points.setdefault(str(value), []).append({"x": round(float(x), 3), "y": round(float(y), 3), "color": c})
         good = ("each metacell's cells sit together in one patch (a metacell spread over the picture or across two "
                 "islands is suspect)" if what == "metacell" else
-                "each island holds one label, and metacells (previous plot) do not straddle labels")
+                "each island holds one label, and metacells (in the picture by metacell) do not straddle labels")
         paths.append(multiqc.scatter(
             f"{prefix}_cells_2d_{what}_mqc.json", f"coem_cells_2d_{what}_{suffix}", f"Cells by {what}: {sample}",
             f"t-SNE of the joint embedding of {len(idx):,} cells of {sample}, coloured by {what}. Good: {good}.",

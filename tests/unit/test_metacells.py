@@ -460,7 +460,7 @@ def test_cli_writes_metacells_sizes_and_multiqc(tmp_path, embedded_h5mu, monkeyp
     assert box["id"] == "coem_metacell_sizes" and box["plot_type"] == "boxplot"
     assert sorted(box["data"]["S1"]) == sorted(sizes["size"].astype(float).tolist())
     assert "COEM_METACELLS" in Path("versions.yml").read_text()
-    # the report's 2-D pictures: every cell (200 < 2,000), coloured by metacell and by label
+    # the report's 2-D pictures: every cell (200 < 1,500), coloured by metacell and by label
     by_mc = json.loads(Path("P_cells_2d_metacell_mqc.json").read_text())
     assert by_mc["id"] == "coem_cells_2d_metacell_S1" and by_mc["plot_type"] == "scatter"
     assert set(by_mc["data"]) == set(out.obs["metacell"]) and sum(map(len, by_mc["data"].values())) == 200
