@@ -71,7 +71,7 @@ def run_one(n_cells: int, dim: int, n_states: int, spread: float, cells_per_meta
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     wall, cpu = time.perf_counter(), time.process_time()
-    model = SpectralMetacells(cells_per_metacell=cells_per_metacell, k=k, seed=seed).fit(z)
+    model = SpectralMetacells(cells_per_metacell=cells_per_metacell, k=k, random_state=seed).fit(z)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -141,9 +141,9 @@ def quality_compare(args) -> list[dict]:
     n_cells = args.quality_cells
     n_mc = round(n_cells / 75)
     variants = {
-        "exact": lambda z: metacells.SpectralMetacells(n_metacells=n_mc, seed=0, exact_max_cells=n_cells)
+        "exact": lambda z: metacells.SpectralMetacells(n_metacells=n_mc, random_state=0, exact_max_cells=n_cells)
         .fit(z).labels_,
-        "partitioned": lambda z: metacells.SpectralMetacells(n_metacells=n_mc, seed=0, exact_max_cells=n_cells // 2)
+        "partitioned": lambda z: metacells.SpectralMetacells(n_metacells=n_mc, random_state=0, exact_max_cells=n_cells // 2)
         .fit(z).labels_,
     }
     if before is not None:

@@ -74,7 +74,7 @@ def child_metacells(args) -> dict:
     z, states = _latent(args.n, args.dim, args.seed, args.spread)
     rss_z = _peak_rss_mb()
     wall, cpu = time.perf_counter(), time.process_time()
-    model = SpectralMetacells(cells_per_metacell=75, k=15, seed=args.seed, neighbours=args.neighbours).fit(z)
+    model = SpectralMetacells(cells_per_metacell=75, k=15, random_state=args.seed, neighbours=args.neighbours).fit(z)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if args.labels:
         np.save(args.labels, model.labels_)

@@ -82,7 +82,7 @@ def metacell_purity(X: np.ndarray, labels: np.ndarray, n_metacells: int, seed: i
     means = []
     for s in range(seed, seed + n_seeds):
         start = time.perf_counter()
-        model = SpectralMetacells(n_metacells=n_metacells, seed=s).fit(X)
+        model = SpectralMetacells(n_metacells=n_metacells, random_state=s).fit(X)
         seconds = time.perf_counter() - start
         table = purity(labels, np.asarray(model.labels_))
         means.append(float(table["purity"].mean()))

@@ -326,7 +326,7 @@ def embeddings(name, mdata, args, timer):
 def metacells(mdata, pcs, lsi, z, n_mc, args, timer):
     out = {}
     with timer("coem_metacells"):
-        out["COEM"] = SpectralMetacells(n_metacells=n_mc, seed=args.seed).fit(z).labels_
+        out["COEM"] = SpectralMetacells(n_metacells=n_mc, random_state=args.seed).fit(z).labels_
     for key, emb in (("SeaC-RNA", pcs), ("SeaC-ATAC", lsi)):
         with timer(f"{key}_metacells"):
             res = baselines.run_seacells(emb, n_mc, seed=args.seed, method=key)

@@ -122,3 +122,38 @@ def aggregate_metacells(mdata, key: str = "metacell", label_key: str = "label") 
         out.obs[col] = table[col].to_numpy()
     out.uns.update(copy.deepcopy(dict(mdata.uns)))
     return out
+
+
+# Aggregated obs columns written from ``coem.dubious.dubious_metacells`` (see ``add_dubious``).
+DUBIOUS_COLUMNS = ("dubious", "dubious_rna", "dubious_atac", "excess_rna", "excess_atac", "q_rna", "q_atac")
+
+
+def add_dubious(aggregated, table: pd.DataFrame) -> None:
+    """Copy the dubious-metacell test (``coem.dubious.dubious_metacells``) into the aggregated obs:
+    ``dubious`` (bool, any modality), ``dubious_<mod>``, ``dubious_excess_<mod>``, ``dubious_q_<mod>``."""
+    table = table.reindex(aggregated.obs_names.astype(str))
+    if table["dubious"].isna().any():
+        raise CoemInputError("the dubious-metacell table does not cover every aggregated metacell")
+    aggregated.obs["dubious"] = table["dubious"].astype(bool).to_numpy()
+    for col in table.columns:
+        if col == "dubious":
+            continue
+        name = col if col.startswith("dubious_") else f"dubious_{col}"
+        values = table[col].to_numpy()
+        aggregated.obs[name] = values.astype(bool) if col.startswith("dubious_") else values.astype(np.float64)
+
+
+def drop_dubious(aggregated, key: str = "dubious"):
+    """The aggregated MuData without the metacells flagged in ``obs[key]`` (e.g. before peak-to-gene).
+
+    Returns a new MuData (the input is not changed); ``uns['coem']`` is kept. A missing column is
+    an error naming the step that writes it; dropping every metacell is an error too.
+    """
+    if key not in aggregated.obs.columns:
+        raise CoemInputError(f"obs['{key}'] is missing: the aggregated MuData carries no dubious-metacell flags; "
+                             "run the aggregate step with its dubious-metacell test (coem_aggregate.py)")
+    flags = aggregated.obs[key].astype(bool).to_numpy()
+    if flags.all():
+        raise CoemInputError(f"all {flags.size} metacells are flagged dubious; nothing would be left")
+    kept = aggregated[~flags].copy()
+    return kept

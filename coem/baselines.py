@@ -305,7 +305,7 @@ def time_spectral(z, n_metacells: int, seed: int = 0, k: int = 15) -> BaselineRe
     two parts timed apart; above it ``fit`` (partitioned) is timed as a whole as clustering.
     """
     z = np.asarray(z, dtype=np.float64)
-    model = SpectralMetacells(n_metacells=n_metacells, k=k, seed=seed)
+    model = SpectralMetacells(n_metacells=n_metacells, k=k, random_state=seed)
     if z.shape[0] > model.exact_max_cells:
         start = time.perf_counter()
         model.fit(z)
@@ -428,6 +428,9 @@ def comparison_row(result: BaselineResult, ids, components, cell_labels, mdata=N
     for metric in ("compactness", "separation"):
         for mod in ("rna", "atac"):
             row[f"{metric}_{mod}"] = _mean(summary, f"{metric}_{mod}")
+            row[f"{metric}_{mod}_median"] = medians.get(f"{metric}_{mod}", float("nan"))
+    flagged = [mod for mod, flag in summary.get("diffusion", {}).items() if flag.get("nearly_disconnected")]
+    row["nearly_disconnected"] = ",".join(flagged)
     p2g_summary = p2g_negative_fractions(mdata, ids, **p2g) if mdata is not None else {}
     for name in P2G_DEFINITIONS:
         row[f"p2g_negative_{name}"] = p2g_summary.get(name, {}).get("fraction_negative", float("nan"))

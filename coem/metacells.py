@@ -50,14 +50,19 @@ metacells over). On 20,000-cell simulated latents the exact path took 40-42 s of
 
 from __future__ import annotations
 
+import numbers
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import eigh
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import validate_data
 from threadpoolctl import threadpool_limits
 
 from coem._logging import get_logger
@@ -90,6 +95,10 @@ COORDINATES = ("diffusion", "njw")
 
 class MetacellCountError(CoemInputError, ValueError):
     """The metacell count cannot be honoured for this many cells (a ValueError too)."""
+
+
+class MetacellParameterError(CoemInputError, ValueError):
+    """A bad parameter or embedding for ``SpectralMetacells`` (a ValueError too, as scikit-learn expects)."""
 
 
 def resolve_n_metacells(n_cells: int, n_metacells: int | None = None, cells_per_metacell: float = 75) -> int:
@@ -410,14 +419,23 @@ def metacell_names(labels: np.ndarray) -> np.ndarray:
     return np.array([f"MC{i + 1:0{width}d}" for i in labels], dtype=object)
 
 
-class SpectralMetacells:
+class SpectralMetacells(ClusterMixin, BaseEstimator):
     """Spectral clustering of the SEACells kernel into exactly ``n_metacells`` metacells.
 
-    ``fit(X)`` sets ``labels_`` (0..n-1, numbered in order of first cell), ``names_``
-    (``MC00001`` ...), ``n_metacells_``, ``summary_`` (sizes), ``seconds_``, ``timings_``
-    (seconds per stage) and ``strategy_`` ('exact' or 'partitioned'; the latter also sets
-    ``parts_``, ``n_parts_``, ``part_size_`` and ``n_moved_``, the cells moved across borders).
+    A scikit-learn estimator (``BaseEstimator`` + ``ClusterMixin``: ``get_params``,
+    ``set_params``, ``clone``, ``fit_predict``): the constructor only stores its parameters,
+    ``fit`` validates them (bad ones raise ``ValueError``; the subclass
+    ``MetacellParameterError``/``MetacellCountError`` is also a ``CoemInputError``).
 
+    ``fit(X)`` sets ``labels_`` (0..n-1, numbered in order of first cell), ``names_``
+    (``MC00001`` ...), ``n_metacells_``, ``n_features_in_``, ``summary_`` (sizes),
+    ``seconds_``, ``timings_`` (seconds per stage) and ``strategy_`` ('exact' or 'partitioned';
+    the latter also sets ``parts_``, ``n_parts_``, ``part_size_`` and ``n_moved_``, the cells
+    moved across borders).
+
+    ``random_state``: int (default 0), ``numpy.random.RandomState`` (an int is drawn from it) or
+    None, which here means 0 (metacells are deterministic by design, so a pipeline re-run gives
+    the same ids). ``seed`` is the former name, kept as a deprecated alias (FutureWarning).
     ``part_size`` None: ``default_part_size`` (about 13 metacells, at least 1,000 cells).
     ``neighbours`` (partitioned path): 'parts' searches each cell's own and next nearest part
     (``partition_knn``); 'global' uses ``knn(method=knn_method)`` over all cells, i.e.
@@ -435,7 +453,7 @@ class SpectralMetacells:
         n_metacells: int | None = None,
         cells_per_metacell: float = 75,
         k: int = 15,
-        seed: int = 0,
+        random_state=0,
         exact_max_cells: int = EXACT_MAX_CELLS,
         part_size: int | None = None,
         knn_method: str = "auto",
@@ -444,11 +462,12 @@ class SpectralMetacells:
         diffusion_steps: int = DIFFUSION_STEPS,
         min_size_fraction: float = MIN_SIZE_FRACTION,
         coordinates: str = "diffusion",
+        seed: int | None = None,
     ):
         self.n_metacells = n_metacells
         self.cells_per_metacell = cells_per_metacell
         self.k = k
-        self.seed = seed
+        self.random_state = random_state
         self.exact_max_cells = exact_max_cells
         self.part_size = part_size
         self.knn_method = knn_method
@@ -457,9 +476,10 @@ class SpectralMetacells:
         self.diffusion_steps = diffusion_steps
         self.min_size_fraction = min_size_fraction
         self.coordinates = coordinates
+        self.seed = seed
 
-    def fit(self, X) -> "SpectralMetacells":
-        """Cluster X (cells x dims) into exactly the resolved number of metacells.
+    def fit(self, X, y=None) -> "SpectralMetacells":
+        """Cluster X (cells x dims) into exactly the resolved number of metacells (``y`` is ignored).
 
         BLAS and OpenMP run with ``n_threads`` threads (None: the libraries' default). One is
         the default because every stage works on thin blocks or small batches where threads
@@ -467,25 +487,68 @@ class SpectralMetacells:
         took 4.9 s threaded and 1.0 s single-threaded, ARPACK 10 s and 1.9 s, MiniBatchKMeans
         on 100,000 cells 3.4 s and 0.5 s.
         """
+        self._validate_params()
+        X = self._validate_X(X)
         with threadpool_limits(limits=self.n_threads):
             return self._fit(X)
 
-    def _fit(self, X) -> "SpectralMetacells":
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] == 0:
-            raise CoemInputError(f"the embedding must be a non-empty cells x dims matrix, got shape {X.shape}")
-        if not np.all(np.isfinite(X)):
-            raise CoemInputError("the embedding contains NaN or infinite values")
-        if int(self.k) < 2:
-            raise CoemInputError(f"k must be at least 2 (self plus one neighbour), got {self.k}")
+    def _resolve_seed(self) -> int:
+        if self.seed is not None:
+            warnings.warn("SpectralMetacells(seed=...) is deprecated; use random_state=...", FutureWarning,
+                          stacklevel=4)
+            return int(self.seed)
+        if self.random_state is None:
+            return 0
+        if isinstance(self.random_state, numbers.Integral):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def _validate_params(self) -> None:
+        def bad(problem):
+            raise MetacellParameterError(problem)
+
+        if self.n_metacells is not None and (not isinstance(self.n_metacells, numbers.Integral)
+                                             or self.n_metacells < 1):
+            bad(f"n_metacells must be None or an integer of at least 1, got {self.n_metacells!r}")
+        if self.n_metacells is None and (not isinstance(self.cells_per_metacell, numbers.Real)
+                                         or not self.cells_per_metacell > 0):
+            bad(f"cells_per_metacell must be positive, got {self.cells_per_metacell!r}")
+        if not isinstance(self.k, numbers.Integral) or self.k < 2:
+            bad(f"k must be at least 2 (self plus one neighbour), got {self.k}")
+        if not isinstance(self.exact_max_cells, numbers.Integral) or self.exact_max_cells < 1:
+            bad(f"exact_max_cells must be an integer of at least 1, got {self.exact_max_cells!r}")
+        if self.part_size is not None and (not isinstance(self.part_size, numbers.Integral) or self.part_size < 2):
+            bad(f"part_size must be None or an integer of at least 2, got {self.part_size!r}")
+        if self.knn_method not in ("auto", "exact", "approx"):
+            bad(f"knn_method must be one of auto, exact, approx, got {self.knn_method!r}")
+        if self.n_threads is not None and (not isinstance(self.n_threads, numbers.Integral) or self.n_threads < 1):
+            bad(f"n_threads must be None or an integer of at least 1, got {self.n_threads!r}")
         if self.coordinates not in COORDINATES:
-            raise CoemInputError(f"coordinates must be one of {', '.join(COORDINATES)}, got {self.coordinates!r}")
-        if int(self.diffusion_steps) < 1:
-            raise CoemInputError(f"diffusion_steps must be at least 1, got {self.diffusion_steps}")
-        if not 0 <= float(self.min_size_fraction) < 1:
-            raise CoemInputError(f"min_size_fraction must be in [0, 1), got {self.min_size_fraction}")
+            bad(f"coordinates must be one of {', '.join(COORDINATES)}, got {self.coordinates!r}")
+        if not isinstance(self.diffusion_steps, numbers.Integral) or self.diffusion_steps < 1:
+            bad(f"diffusion_steps must be at least 1, got {self.diffusion_steps}")
+        if not isinstance(self.min_size_fraction, numbers.Real) or not 0 <= float(self.min_size_fraction) < 1:
+            bad(f"min_size_fraction must be in [0, 1), got {self.min_size_fraction}")
         if self.neighbours not in NEIGHBOURS:
-            raise CoemInputError(f"neighbours must be one of {', '.join(NEIGHBOURS)}, got {self.neighbours!r}")
+            bad(f"neighbours must be one of {', '.join(NEIGHBOURS)}, got {self.neighbours!r}")
+        if self.random_state is not None and not isinstance(self.random_state, (numbers.Integral,
+                                                                                np.random.RandomState)):
+            bad(f"random_state must be None, an int or a numpy RandomState, got {self.random_state!r}")
+
+    def _validate_X(self, X) -> np.ndarray:
+        """A finite, dense float64 cells x dims array (sets ``n_features_in_``); ValueError otherwise."""
+        try:
+            return validate_data(self, X, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=True)
+        except ValueError as err:
+            if isinstance(err, CoemInputError):
+                raise
+            message = str(err)
+            if "NaN" in message or "infinity" in message:
+                message = f"the embedding contains NaN or infinite values ({message})"
+            raise MetacellParameterError(message) from err
+
+    def _fit(self, X: np.ndarray) -> "SpectralMetacells":
+        self._seed = self._resolve_seed()
         n = X.shape[0]
         n_mc = resolve_n_metacells(n, self.n_metacells, self.cells_per_metacell)
         self.timings_ = {}
@@ -526,10 +589,10 @@ class SpectralMetacells:
         if n_mc == X.shape[0]:
             return np.arange(X.shape[0], dtype=np.int64)
         since = time.perf_counter()
-        idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self.seed)
+        idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self._seed)
         W = rbf_kernel(idx, dist)
         since = self._stage("neighbours", since, "kNN graph and kernel over %d cells", X.shape[0])
-        labels = spectral_from_kernel(W, X, n_mc, self.seed, **self._spectral_options())
+        labels = spectral_from_kernel(W, X, n_mc, self._seed, **self._spectral_options())
         self._stage("spectral", since)
         return labels
 
@@ -538,20 +601,20 @@ class SpectralMetacells:
         n = X.shape[0]
         self.part_size_ = int(self.part_size or default_part_size(n, n_mc))
         since = time.perf_counter()
-        parts = coarse_partition(X, self.part_size_, self.seed)
+        parts = coarse_partition(X, self.part_size_, self._seed)
         since = self._stage("partition", since, "%d parts of about %d cells", parts.max() + 1, self.part_size_)
         self.n_moved_ = 0
         if parts.max() + 1 > n_mc:
             # Metacells larger than a part (thousands of cells each): the coarse clusters, n_mc
             # of them, are the metacells.
-            km = MiniBatchKMeans(n_clusters=n_mc, random_state=self.seed, n_init=3, batch_size=4096)
+            km = MiniBatchKMeans(n_clusters=n_mc, random_state=self._seed, n_init=3, batch_size=4096)
             labels = repair_count(km.fit_predict(X), X, n_mc)
             self.parts_, self.n_parts_ = labels, n_mc
             return labels
         if self.neighbours == "parts":
             idx, dist = partition_knn(X, parts, self.k)
         else:
-            idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self.seed)
+            idx, dist = knn(X, k=self.k, method=self.knn_method, seed=self._seed)
         since = self._stage("neighbours", since, "%s", self.neighbours)
         parts, self.n_moved_ = refine_partition(parts, idx)
         sigma = adaptive_bandwidth(dist)
@@ -562,7 +625,7 @@ class SpectralMetacells:
         labels = np.empty(n, dtype=np.int64)
         offset = 0
         for members, share in zip(part_members(parts), shares):
-            labels[members] = _spectral_part(X[members], int(share), self.k, self.seed, sigma[members],
+            labels[members] = _spectral_part(X[members], int(share), self.k, self._seed, sigma[members],
                                              **self._spectral_options()) + offset
             offset += int(share)
         self._stage("spectral", since, "%d parts", shares.size)

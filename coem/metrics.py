@@ -14,6 +14,20 @@ and separation are measured:
 - separation: distance from a metacell's centroid to the nearest other centroid;
 - purity: fraction of a metacell's labelled cells that carry its most frequent label.
 
+Next to SEACells' means, robust summaries a reader can use (issue 16):
+
+- medians over metacells of compactness and separation;
+- a per-modality flag for a nearly disconnected diffusion graph (``disconnection_flag``): when
+  the kNN graph falls apart, eigenvalues next to 1 scale a few metacells' components by
+  lambda / (1 - lambda) ~ 1e12 and SEACells' means reach 1e+25 (seen on the demo's ATAC). The
+  rule: any per-metacell compactness or separation above ``LARGE_VALUE`` (1e6), or a mean
+  above ``MEAN_MEDIAN_RATIO`` (100) times the median; the report then shows the medians and a
+  plain sentence instead of the means;
+- cell-weighted purity (one vote per cell: the fraction of all labelled cells that carry their
+  metacell's majority label) beside the per-metacell mean;
+- size balance: the largest metacell's share of the cells and the Gini coefficient of the sizes
+  (0: all equal; 1: one metacell holds everything).
+
 Compute the diffusion components once per dataset and modality and reuse them for every
 method compared. This module knows nothing about files.
 """
@@ -26,6 +40,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigs
 from sklearn.neighbors import NearestNeighbors
 
@@ -42,6 +57,12 @@ _BRUTE_MAX_CELLS = 8192
 # Eigenvalues this close to 1 (scaled by >= 1e6) mean a (nearly) disconnected kNN graph;
 # ARPACK at Palantir's tol gets a repeated eigenvalue 1 only to about 1e-9.
 _DISCONNECTED_EPS = 1e-6
+
+
+# Robust summaries: a metric is "blown up" (nearly disconnected diffusion graph) when any value
+# exceeds LARGE_VALUE or its mean exceeds MEAN_MEDIAN_RATIO times its median.
+LARGE_VALUE = 1e6
+MEAN_MEDIAN_RATIO = 100.0
 
 
 # --------------------------------------------------------------------------- diffusion maps
@@ -116,7 +137,10 @@ def diffusion_maps(X, n_components: int = 10, knn: int = 30, seed: int = 0) -> t
     order = np.argsort(vals)[::-1]
     vals, vecs = vals[order], vecs[:, order]
     vecs = vecs / np.linalg.norm(vecs, axis=0, keepdims=True)
-    n_unit = int(np.sum(vals > 1.0 - _DISCONNECTED_EPS))
+    # Parts: eigenvalues next to 1, or connected components of the kernel graph (exact; ARPACK at
+    # Palantir's tolerance can return a repeated eigenvalue 1 only once).
+    n_graph = int(connected_components(kernel, directed=False)[0])
+    n_unit = max(int(np.sum(vals > 1.0 - _DISCONNECTED_EPS)), n_graph)
     if n_unit > 1:
         # Each connected component of the kNN graph adds an eigenvalue 1, whose lambda/(1-lambda)
         # scaling explodes; Palantir proceeds silently, we at least say so.
@@ -233,8 +257,18 @@ def sizes(metacells) -> pd.Series:
     return out
 
 
+def gini(values) -> float | None:
+    """Gini coefficient of non-negative values: 0 when all are equal, (n-1)/n when one holds all."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size == 0 or x.sum() <= 0:
+        return None
+    i = np.arange(1, x.size + 1)
+    return float(np.sum((2 * i - x.size - 1) * x) / (x.size * x.sum()))
+
+
 def size_summary(metacells) -> dict:
-    """Number of metacells and how many cells they hold (mean, sd, min, median, max, singletons)."""
+    """Number of metacells and how many cells they hold (mean, sd, min, median, max, singletons),
+    and their balance: the largest metacell's share of the cells and the Gini of the sizes."""
     s = sizes(metacells)
     return {
         "n_cells": int(s.sum()),
@@ -245,7 +279,22 @@ def size_summary(metacells) -> dict:
         "size_min": int(s.min()) if len(s) else None,
         "size_median": _finite(s.median()),
         "size_max": int(s.max()) if len(s) else None,
+        "largest_share": _finite(s.max() / s.sum()) if len(s) else None,
+        "size_gini": gini(s.to_numpy()),
     }
+
+
+def cell_weighted_purity(labels_true, metacells) -> float | None:
+    """Purity with one vote per cell: the fraction of labelled cells that carry their metacell's
+    majority label (the per-metacell mean gives a 2-cell metacell the weight of a 200-cell one)."""
+    pur = purity(labels_true, metacells)
+    labels = pd.Series(np.asarray(labels_true, dtype=object))
+    mc = pd.Series(np.asarray(metacells, dtype=object))
+    keep = labels.notna() & mc.notna()
+    if not keep.any():
+        return None
+    majority = mc[keep].map(pur["label"])
+    return float((labels[keep].to_numpy() == majority.to_numpy()).mean())
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -263,6 +312,37 @@ def mean_sd(values) -> dict:
     return {"mean": _finite(v.mean()), "sd": _finite(v.std(ddof=1)), "n": int(len(v))}
 
 
+def robust_summary(values) -> dict:
+    """``mean_sd`` plus the median (NaN skipped)."""
+    v = pd.Series(np.asarray(values, dtype=np.float64)).dropna()
+    return {**mean_sd(v), "median": _finite(v.median())}
+
+
+def disconnection_flag(mod: str, compactness_values, separation_values) -> dict:
+    """Whether SEACells' means of one modality are blown up by a nearly disconnected diffusion graph.
+
+    Flagged when any compactness or separation value exceeds ``LARGE_VALUE`` or a mean exceeds
+    ``MEAN_MEDIAN_RATIO`` times its median. Returns ``{"nearly_disconnected": bool, "reason":
+    str | None, "sentence": str | None}``; the sentence is what the report prints.
+    """
+    reasons = []
+    for metric, values in (("compactness", compactness_values), ("separation", separation_values)):
+        v = pd.Series(np.asarray(values, dtype=np.float64)).dropna()
+        if v.empty:
+            continue
+        mean, median, top = float(v.mean()), float(v.median()), float(v.max())
+        if top > LARGE_VALUE:
+            reasons.append(f"{metric} up to {top:.3g} (median {median:.3g})")
+        elif median > 0 and mean > MEAN_MEDIAN_RATIO * median:
+            reasons.append(f"mean {metric} {mean:.3g} is {mean / median:.0f} x its median {median:.3g}")
+    if not reasons:
+        return {"nearly_disconnected": False, "reason": None, "sentence": None}
+    reason = "; ".join(reasons)
+    sentence = (f"{mod.upper()}: the diffusion graph is nearly disconnected ({reason}), so SEACells' means are "
+                f"dominated by a few metacells in or across its isolated parts; read the medians.")
+    return {"nearly_disconnected": True, "reason": reason, "sentence": sentence}
+
+
 def evaluate_metacells(
     metacells,
     components: Mapping[str, np.ndarray],
@@ -273,21 +353,29 @@ def evaluate_metacells(
     ``components``: {modality: cells x components (from ``diffusion_components``)}; ``labels``:
     optional cell labels for purity. Returns the per-metacell table (size, then
     ``compactness_<mod>``, ``separation_<mod>``, ``nearest_<mod>`` per modality, then ``label``
-    and ``purity``) and the summary (sizes, then mean/sd/n of every metric).
+    and ``purity``) and the summary: sizes (with ``largest_share`` and ``size_gini``),
+    mean/sd/n/median of every metric, ``purity_cells`` (cell-weighted purity) and ``diffusion``
+    ({modality: ``disconnection_flag``}).
     """
     table = sizes(metacells).to_frame()
     summary: dict = {"sizes": size_summary(metacells)}
+    flags = {}
     for mod, comp in components.items():
         comp_df = compactness(comp, metacells)["compactness"]
         sep_df = separation(comp, metacells)
         table[f"compactness_{mod}"] = comp_df
         table[f"separation_{mod}"] = sep_df["separation"]
         table[f"nearest_{mod}"] = sep_df["nearest_metacell"]
-        summary[f"compactness_{mod}"] = mean_sd(table[f"compactness_{mod}"])
-        summary[f"separation_{mod}"] = mean_sd(table[f"separation_{mod}"])
+        summary[f"compactness_{mod}"] = robust_summary(table[f"compactness_{mod}"])
+        summary[f"separation_{mod}"] = robust_summary(table[f"separation_{mod}"])
+        flags[mod] = disconnection_flag(mod, table[f"compactness_{mod}"], table[f"separation_{mod}"])
+        if flags[mod]["nearly_disconnected"]:
+            _log.warning("%s", flags[mod]["sentence"])
     if labels is not None:
         pur = purity(labels, metacells)
         table["label"] = pur["label"]
         table["purity"] = pur["purity"]
-        summary["purity"] = mean_sd(table["purity"])
+        summary["purity"] = robust_summary(table["purity"])
+        summary["purity_cells"] = cell_weighted_purity(labels, metacells)
+    summary["diffusion"] = flags
     return table, summary

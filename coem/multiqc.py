@@ -15,6 +15,9 @@ from coem.provenance import _jsonable
 
 PARENT_ID = "coem"
 PARENT_NAME = "COEM metacells"
+PARENT_DESCRIPTION = ("Every sample through QC, the joint embedding, COEM metacells, peak-to-gene links and "
+                      "metacell quality; the Overview table sums up each sample, and each section says what good "
+                      "looks like.")
 PLOT_TYPES = {"generalstats", "table", "bargraph", "linegraph", "boxplot", "scatter", "heatmap", "violin", "html"}
 
 
@@ -54,6 +57,7 @@ def section(
     if parent:
         content["parent_id"] = PARENT_ID
         content["parent_name"] = PARENT_NAME
+        content["parent_description"] = PARENT_DESCRIPTION
     return _write(path, content)
 
 
@@ -72,9 +76,19 @@ def bargraph(path, section_id, section_name, description, bars: Mapping[str, Map
     return section(path, section_id, section_name, description, "bargraph", bars, **kw)
 
 
-def linegraph(path, section_id, section_name, description, series: Mapping[str, Mapping], **kw) -> Path:
-    """``series``: {line name: {x: y}}."""
-    data = {name: {float(x): float(y) for x, y in points.items()} for name, points in series.items()}
+def linegraph(path, section_id, section_name, description, series: Mapping[str, Mapping], pairs: bool = False,
+              **kw) -> Path:
+    """``series``: {line name: {x: y}}.
+
+    JSON object keys are strings, and MultiQC 1.35 sorts a line's x values before drawing it:
+    as strings when they come as keys ('1.0', '10.0', '2.0', ...: a zig-zag line). ``pairs=True``
+    writes each line as a list of numeric ``[x, y]`` pairs in increasing x instead, which
+    MultiQC sorts as numbers (checked on its ``multiqc_data.json``: tests/unit/test_multiqc.py).
+    """
+    if pairs:
+        data = {name: sorted([float(x), float(y)] for x, y in points.items()) for name, points in series.items()}
+    else:
+        data = {name: {float(x): float(y) for x, y in points.items()} for name, points in series.items()}
     return section(path, section_id, section_name, description, "linegraph", data, **kw)
 
 
@@ -86,3 +100,11 @@ def boxplot(path, section_id, section_name, description, values: Mapping[str, li
 
 def html(path, section_id, section_name, description, body: str, **kw) -> Path:
     return section(path, section_id, section_name, description, "html", body, **kw)
+
+
+def scatter(path, section_id, section_name, description, points: Mapping[str, list], **kw) -> Path:
+    """``points``: {series name: [{"x", "y"} and optionally "color"]}; one legend entry per
+    series colour. Points are not annotated with names (MultiQC labels outliers otherwise)."""
+    data = {name: [{**{k: v for k, v in p.items()}, "x": float(p["x"]), "y": float(p["y"]), "annotate": False}
+                   for p in pts] for name, pts in points.items()}
+    return section(path, section_id, section_name, description, "scatter", data, **kw)

@@ -155,6 +155,14 @@ COMPARISON_HEADERS = {
                        "diffusion components (higher is better)", "format": "{:,.4g}"},
     "separation_atac": {"title": "Separ. ATAC", "description": "as above, ATAC (higher is better)",
                         "format": "{:,.4g}"},
+    **{f"{metric}_{mod}_median": {"title": f"{'Compact.' if metric == 'compactness' else 'Separ.'} {mod.upper()} "
+                                            "(median)", "description": f"median over metacells of {metric}, "
+                                            f"{mod.upper()} diffusion components (robust to isolated metacells)",
+                                   "format": "{:,.4g}"}
+       for metric in ("compactness", "separation") for mod in ("rna", "atac")},
+    "nearly_disconnected": {"title": "Disconnected", "description": "modalities whose diffusion graph is nearly "
+                            "disconnected (a value above 1e6 or a mean above 100 x the median): their means are "
+                            "left blank here, read the medians"},
     "p2g_negative_pearson_tss": {"title": "Neg. p2g (Pearson, TSS)", "description": "fraction of negative "
                                  "peak-to-gene correlations, COEM's definition", "min": 0, "max": 1,
                                  "format": "{:,.3f}"},
@@ -184,6 +192,9 @@ def _rows(table: pd.DataFrame, sample: str, index_col: str, headers: dict) -> di
             if col in row.index:
                 value = row[col]
                 values[col] = None if isinstance(value, float) and np.isnan(value) else value
+                mod = col.rsplit("_", 1)[-1]
+                if col.startswith(("compactness_", "separation_")) and mod in str(row.get("nearly_disconnected", "")):
+                    values[col] = None  # SEACells' mean blown up by a nearly disconnected graph
         out[f"{sample}_{name}"] = values
     return out
 

@@ -9,7 +9,8 @@ LSI of TF-IDF), diffusion components are computed once per modality (Palantir, a
 Outputs (``P`` = ``--prefix``, default the sample id):
 
 - ``P.evaluation.tsv``: one row per metacell (size, compactness/separation per modality,
-  nearest metacell, label and purity when labels are present);
+  nearest metacell, label and purity when labels are present, and the dubious-metacell test
+  of ``coem.dubious``: ``excess_<mod>``, ``p_<mod>``, ``q_<mod>``, ``dubious_<mod>``, ``dubious``);
 - ``P.evaluation_summary.json``: mean +- sd of every metric, sizes, and the step record
   (parameters, seed, versions, timings);
 - ``P.diffusion.npz``: ``obs_names``, ``<mod>_components``, ``<mod>_eigenvalues`` and the
@@ -53,6 +54,9 @@ def build_parser():
     parser.add_argument("--n-components", type=int, default=10, help="diffusion eigenvectors (default 10)")
     parser.add_argument("--n-eigs", type=int, default=10,
                         help="multiscale space keeps eigenvectors 1..n_eigs-1 (SEACells: 10)")
+    from coem.cli.aggregate import add_dubious_arguments
+
+    add_dubious_arguments(parser)
     return parser
 
 
@@ -137,47 +141,94 @@ def diffusion_per_modality(mdata, args, timings: dict) -> tuple[dict, dict, dict
 
 
 def multiqc_row(summary: dict) -> dict:
-    """The sample's row of the ``coem_evaluation`` table (means only; None where undefined)."""
-    row = {"n_metacells": summary["sizes"]["n_metacells"]}
+    """The sample's row of the ``coem_evaluation`` table (None where undefined).
+
+    Medians always; SEACells' means beside them, left blank for a modality whose diffusion graph
+    is nearly disconnected (``coem.metrics.disconnection_flag``), whose sentence goes in
+    ``warnings`` instead: no 1e+25 in the report.
+    """
+    sizes = summary["sizes"]
+    row = {"n_metacells": sizes["n_metacells"],
+           "largest_share": None if sizes.get("largest_share") is None else 100 * sizes["largest_share"],
+           "size_gini": sizes.get("size_gini")}
+    if "purity" in summary:
+        row["purity_mean"] = summary["purity"]["mean"]
+        row["purity_cells"] = summary.get("purity_cells")
+    notes = []
     for mod in MODALITIES:
+        flag = summary.get("diffusion", {}).get(mod, {})
         for metric in ("compactness", "separation"):
             key = f"{metric}_{mod}"
             if key in summary:
-                row[f"{key}_mean"] = summary[key]["mean"]
-    if "purity" in summary:
-        row["purity_mean"] = summary["purity"]["mean"]
+                row[f"{key}_median"] = summary[key].get("median")
+                row[f"{key}_mean"] = None if flag.get("nearly_disconnected") else summary[key]["mean"]
+        if flag.get("nearly_disconnected"):
+            notes.append(flag["sentence"])
+    if "dubious" in summary:
+        row["dubious_pct"] = summary["dubious"].get("pct_dubious")
+    row["warnings"] = " ".join(notes) if notes else "none"
     return row
+
+
+def _metric_header(metric: str, mod: str, stat: str) -> dict:
+    better = "lower" if metric == "compactness" else "higher"
+    what = ("within-metacell variance" if metric == "compactness" else "distance to the nearest other metacell")
+    if stat == "median":
+        return {"title": f"{metric.capitalize()} {mod.upper()} (median)",
+                "description": f"median over metacells of the {what} in {mod.upper()} diffusion components "
+                               f"({better} is better; robust to a few isolated metacells)", "format": "{:,.4g}"}
+    return {"title": f"{metric.capitalize()} {mod.upper()} (mean)",
+            "description": f"SEACells' mean over metacells of the {what} in {mod.upper()} diffusion components "
+                           f"({better} is better); blank when the diffusion graph is nearly disconnected "
+                           "(see Warnings)", "format": "{:,.4g}"}
 
 
 TABLE_HEADERS = {
     "n_metacells": {"title": "Metacells", "description": "number of metacells", "format": "{:,.0f}"},
-    "compactness_rna_mean": {"title": "Compactness RNA", "description": "mean within-metacell variance of RNA "
-                             "diffusion components (lower is better)", "format": "{:,.4g}"},
-    "compactness_atac_mean": {"title": "Compactness ATAC", "description": "mean within-metacell variance of "
-                              "ATAC diffusion components (lower is better)", "format": "{:,.4g}"},
-    "separation_rna_mean": {"title": "Separation RNA", "description": "mean distance to the nearest other "
-                            "metacell in RNA diffusion components (higher is better)", "format": "{:,.4g}"},
-    "separation_atac_mean": {"title": "Separation ATAC", "description": "mean distance to the nearest other "
-                             "metacell in ATAC diffusion components (higher is better)", "format": "{:,.4g}"},
-    "purity_mean": {"title": "Purity", "description": "mean fraction of a metacell's cells carrying its "
-                    "majority label", "min": 0, "max": 1, "format": "{:,.3f}"},
+    "purity_mean": {"title": "Purity (per metacell)", "description": "mean over metacells of the fraction of "
+                    "a metacell's cells carrying its majority label (good: close to 1)", "min": 0, "max": 1,
+                    "format": "{:,.3f}"},
+    "purity_cells": {"title": "Purity (per cell)", "description": "fraction of all labelled cells that carry "
+                     "their metacell's majority label, one vote per cell (good: close to 1)", "min": 0, "max": 1,
+                     "format": "{:,.3f}"},
+    "largest_share": {"title": "Largest metacell", "description": "share of all cells in the largest metacell "
+                      "(good: a few times 100 / metacells)", "suffix": "%", "min": 0, "max": 100,
+                      "format": "{:,.2f}"},
+    "size_gini": {"title": "Size Gini", "description": "Gini coefficient of metacell sizes: 0 all equal, 1 one "
+                  "metacell holds all (good: below about 0.4)", "min": 0, "max": 1, "format": "{:,.2f}"},
+    **{f"{metric}_{mod}_{stat}": _metric_header(metric, mod, stat)
+       for mod in MODALITIES for metric in ("compactness", "separation") for stat in ("median", "mean")},
+    "dubious_pct": {"title": "Dubious", "description": "share of metacells whose cells are not homogeneous "
+                    "(feature correlation above a permutation null, BH-adjusted; good: a few %)", "suffix": "%",
+                    "min": 0, "max": 100, "format": "{:,.1f}"},
+    "warnings": {"title": "Warnings", "description": "plain-language warnings, e.g. a nearly disconnected "
+                 "diffusion graph ('none' when all is well)"},
 }
+
+EVALUATION_DESCRIPTION = (
+    "Metacell quality per sample. Purity: how many cells share their metacell's majority label, per metacell "
+    "(SEACells) and per cell (good: close to 1). Size balance: the largest metacell's share of cells and the "
+    "Gini of sizes (good: small). Compactness (lower is better) and separation (higher is better): SEACells' "
+    "definitions on Palantir diffusion components of RNA PCA / ATAC LSI; medians over metacells, with SEACells' "
+    "means beside them (comparable to its papers) unless the diffusion graph is nearly disconnected (a value "
+    "above 1e6 or a mean above 100 x the median), which the Warnings column then says in words. "
+    "Compare compactness and separation between methods on the same sample, not between samples."
+)
 
 
 def write_multiqc(prefix: str, sample: str, summary: dict, table: pd.DataFrame) -> list[Path]:
     """Table ``coem_evaluation`` always; boxplot ``coem_purity`` when labels gave purities."""
     row = multiqc_row(summary)
     paths = [multiqc.table(
-        f"{prefix}_evaluation_mqc.json", "coem_evaluation", "Metacell evaluation",
-        "SEACells' metrics on diffusion components computed per modality (Palantir diffusion maps of RNA "
-        "PCA / ATAC LSI): compactness, separation (means over metacells), purity and the metacell count.",
+        f"{prefix}_evaluation_mqc.json", "coem_evaluation", "Metacell evaluation", EVALUATION_DESCRIPTION,
         {sample: row}, headers={k: v for k, v in TABLE_HEADERS.items() if k in row},
     )]
     if "purity" in table.columns:
         values = table["purity"].dropna().tolist()
         paths.append(multiqc.boxplot(
             f"{prefix}_purity_mqc.json", "coem_purity", "Metacell purity",
-            "Per-metacell purity: fraction of the metacell's labelled cells that carry its most frequent label.",
+            "Per-metacell purity: fraction of the metacell's labelled cells that carry its most frequent label "
+            "(good: boxes near 1; a long tail down marks mixed metacells).",
             {sample: values},
         ))
     return paths
@@ -197,7 +248,8 @@ def write_outputs(prefix: str, args, table, summary, components, eigenvalues, ob
 
 
 def _params(args) -> dict:
-    keys = ("input", "metacell_key", "label_key", "n_hvg", "n_pcs", "n_lsi", "knn", "n_components", "n_eigs")
+    keys = ("input", "metacell_key", "label_key", "n_hvg", "n_pcs", "n_lsi", "knn", "n_components", "n_eigs",
+            "dubious_permutations", "dubious_features", "dubious_fdr", "dubious_min_excess")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -227,6 +279,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, summary = metrics.evaluate_metacells(ids, components, labels)
     timings["metrics_s"] = round(time.perf_counter() - start, 3)
     log.info("%s: metrics of %d metacells in %.2f s", args.sample, len(table), timings["metrics_s"])
+
+    from coem import dubious
+    from coem.cli.aggregate import dubious_table
+
+    start = time.perf_counter()
+    try:
+        flags = dubious_table(mdata, args)
+    except CoemInputError as err:
+        raise err.with_context(sample=args.sample, file=args.input) from err
+    if flags is not None:
+        table = table.join(flags.rename(index=str))
+        summary["dubious"] = dubious.summary(flags)
+        timings["dubious_s"] = round(time.perf_counter() - start, 3)
+        log.info("%s: %d of %d metacells dubious in %.2f s", args.sample, summary["dubious"]["n_dubious"],
+                 len(flags), timings["dubious_s"])
 
     summary = {"sample": args.sample, **summary, "embedding": embed_info,
                "record": step_record(STEP, _params(args), seed=args.seed, timings=timings)}

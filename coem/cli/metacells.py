@@ -8,12 +8,16 @@ Input: ``P.embed.h5mu`` (``obsm['X_embedding']`` from the embed or VAE step). Ou
 - ``P.metacell_sizes.tsv``: metacell, size (and label, label_fraction when labels exist);
 - MultiQC: ``P_metacells_summary_mqc.json`` (table ``coem_metacells_summary``: cells,
   metacells, min/median/max size, singletons, seconds) and ``P_metacell_sizes_mqc.json``
-  (boxplot ``coem_metacell_sizes`` of metacell sizes);
+  (boxplot ``coem_metacell_sizes`` of metacell sizes) and ``P_cells_2d_metacell_mqc.json`` /
+  ``P_cells_2d_label_mqc.json`` (scatter ``coem_cells_2d_metacell_<sample>`` /
+  ``coem_cells_2d_label_<sample>``: a t-SNE of the embedding, ``coem.layout``, coloured by
+  metacell and by label; up to 1,500 cells; ``--no-cells-2d`` skips it);
 - ``versions.yml``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -68,7 +72,39 @@ def build_parser():
                              "(default 1/3; 0 = never)")
     parser.add_argument("--embedding-key", default="X_embedding", help="obsm key of the embedding")
     parser.add_argument("--label-key", default="label", help="obs column of cell labels (for the sizes table)")
+    parser.add_argument("--no-cells-2d", dest="cells_2d", action="store_false",
+                        help="skip the report's 2-D picture of the cells (t-SNE of the embedding)")
     return parser
+
+
+def section_suffix(sample: str) -> str:
+    """The sample id as it goes into a section id (letters, digits, underscores)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", sample)
+
+
+def write_cells_2d(prefix: str, sample: str, X, names, labels, seed: int) -> list[Path]:
+    """Scatter sections of a t-SNE of the embedding: coloured by metacell, and by label when present."""
+    from coem.layout import cells_2d, colours
+
+    idx, xy = cells_2d(X, seed=seed)
+    suffix = section_suffix(sample)
+    paths = []
+    groups = {"metacell": np.asarray(names, dtype=object)[idx]}
+    if labels is not None and labels.notna().any():
+        groups["label"] = np.where(labels.isna(), "unlabelled", labels.astype(str)).astype(object)[idx]
+    for what, values in groups.items():
+        colour, _ = colours(values)
+        points: dict[str, list] = {}
+        for (x, y), value, c in zip(xy, values, colour):
+            points.setdefault(str(value), []).append({"x": round(float(x), 3), "y": round(float(y), 3), "color": c})
+        good = ("each metacell's cells sit together in one patch (a metacell spread over the picture or across two "
+                "islands is suspect)" if what == "metacell" else
+                "each island holds one label, and metacells (in the picture by metacell) do not straddle labels")
+        paths.append(multiqc.scatter(
+            f"{prefix}_cells_2d_{what}_mqc.json", f"coem_cells_2d_{what}_{suffix}", f"Cells by {what}: {sample}",
+            f"t-SNE of the joint embedding of {len(idx):,} cells of {sample}, coloured by {what}. Good: {good}.",
+            points, pconfig={"xlab": "t-SNE 1", "ylab": "t-SNE 2", "marker_size": 4}))
+    return paths
 
 
 def _embedding(mdata, key: str, sample: str, path: str) -> np.ndarray:
@@ -133,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
-                              k=args.k, seed=args.seed, exact_max_cells=args.exact_max_cells,
+                              k=args.k, random_state=args.seed, exact_max_cells=args.exact_max_cells,
                               part_size=args.part_size, neighbours=args.neighbours,
                               diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction,
                               coordinates=args.coordinates)
@@ -150,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.to_csv(f"{prefix}.metacell_sizes.tsv", sep="\t", index_label="metacell")
     row = summary_row(model.summary_, timings["metacells_s"])
     write_multiqc(prefix, args.sample, row, table["size"].to_numpy())
+    if args.cells_2d:
+        t2d = time.perf_counter()
+        write_cells_2d(prefix, args.sample, X, model.names_, labels, args.seed)
+        timings["cells_2d_s"] = round(time.perf_counter() - t2d, 3)
     params = {"n_metacells": args.n_metacells, "cells_per_metacell": args.cells_per_metacell, "k": args.k,
               "exact_max_cells": args.exact_max_cells, "part_size": args.part_size, "neighbours": args.neighbours,
               "coordinates": args.coordinates, "diffusion_steps": args.diffusion_steps,

@@ -5,10 +5,12 @@ Outputs (``P`` = ``--prefix``, default the sample id):
 - ``P.embed.h5mu``: the input MuData with ``obsm['X_embedding']`` = posterior means z (same
   contract as the pca_lsi embedding step) and the step record under ``uns['coem']['embed']``
   (``params.method = 'vae'``: device, torch/CUDA versions, epochs, seconds per epoch, losses, seed);
-- ``P.vae.pt``: checkpoint (``state_dict``, ``config``, ``history``, the genes and peaks used);
+- ``P.vae.pt``: the trained model, ``coem.model.COEMVAE.save``'s checkpoint (weights, and as
+  JSON: config, parameters, history, the genes and peaks used); ``COEMVAE.load`` reads it safely;
 - ``P.vae_history.tsv``: one row per epoch (losses and their parts, KL weight, seconds);
 - MultiQC custom content: ``P_vae_loss_mqc.json`` (linegraph ``coem_vae_loss``: training and
-  validation loss per epoch) and ``P_vae_summary_mqc.json`` (table ``coem_vae_summary``);
+  validation loss per epoch, written as numeric [epoch, loss] pairs so that MultiQC draws them in
+  epoch order) and ``P_vae_summary_mqc.json`` (table ``coem_vae_summary``);
 - ``versions.yml``.
 
 The h5mu is written under a temporary name and renamed last, so a failed run never leaves a
@@ -33,7 +35,7 @@ from coem.model.likelihoods import LIKELIHOODS
 from coem.model.data import MAX_PEAK_FRACTION, N_PEAKS
 from coem.model.train import BATCH_SIZE
 from coem.model.vae import INPUT_TRANSFORMS
-from coem.provenance import record_json, software_versions, step_record, strict_json, write_versions_yml
+from coem.provenance import record_json, step_record, strict_json, write_versions_yml
 
 STEP = "embed"
 METHOD = "vae"
@@ -43,8 +45,6 @@ INTEGER_CHECK_VALUES = 1_000_000
 # cells of the simulated 2k-gene + 20k-peak data; the in-memory path is faster per batch.
 BACKED_AUTO_BYTES = 4 * 1024**3
 BYTES_PER_ENTRY = 8
-# Cells per batch when embedding every cell after training (no gradients: larger than training batches).
-EMBED_BATCH_SIZE = 1024
 
 log = get_logger("coem.train_vae")
 
@@ -227,7 +227,7 @@ def write_multiqc(prefix: str, sample: str, history: dict, summary: dict) -> lis
         "Joint VAE loss per cell and epoch: weighted negative log-likelihood of RNA and ATAC plus the "
         "KL divergence to the GMM prior at full weight (the optimised objective uses the warm-up "
         "KL weight). The kept model is the epoch with the lowest validation loss.",
-        series, pconfig={"xlab": "epoch", "ylab": "loss per cell"},
+        series, pconfig={"xlab": "epoch", "ylab": "loss per cell"}, pairs=True,
     )]
     headers = {
         "device": {"title": "Device"},
@@ -275,25 +275,15 @@ def _summary(history: dict, seed: int) -> dict:
     }
 
 
-def load_model(path: str | Path):
-    """Rebuild a trained JointVAE from ``P.vae.pt`` (returns model, checkpoint dict)."""
-    import torch
-
-    from coem.model.vae import JointVAE
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = JointVAE.from_config(checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    return model, checkpoint
+# Options passed on to coem.model.COEMVAE under the same names.
+MODEL_KEYS = ("n_latent", "n_hidden", "n_centroids", "rna_likelihood", "atac_likelihood", "rna_weight",
+              "atac_weight", "dropout_rate", "input_transform", "n_genes", "max_peak_fraction", "n_peaks",
+              "binarize_atac", "epochs", "batch_size", "lr", "patience", "warmup_epochs", "val_fraction", "gmm_init",
+              "device", "threads", "cells_per_epoch")
 
 
 def _params(args) -> dict:
-    keys = ("n_latent", "n_hidden", "n_centroids", "rna_likelihood", "atac_likelihood", "rna_weight",
-            "atac_weight", "dropout_rate", "input_transform", "n_genes", "max_peak_fraction", "n_peaks", "binarize_atac", "epochs",
-            "batch_size", "lr", "patience", "warmup_epochs", "val_fraction", "gmm_init", "device", "threads",
-            "cells_per_epoch", "backed")
-    return {"method": METHOD, "input": args.input, **{key: getattr(args, key) for key in keys}}
+    return {"method": METHOD, "input": args.input, **{key: getattr(args, key) for key in MODEL_KEYS + ("backed",)}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,71 +301,35 @@ def main(argv: Sequence[str] | None = None) -> int:
              source.gene_names.size, source.peak_names.size, timings["read_s"],
              "batches streamed from the file" if source.backed else "in memory")
 
-    import torch
+    from coem.model import COEMVAE
 
-    from coem.model.data import prepare_data
-    from coem.model.train import embed, train_vae
-    from coem.model.vae import JointVAE
-
-    start = time.perf_counter()
+    vae = COEMVAE(**{key: getattr(args, key) for key in MODEL_KEYS}, random_state=args.seed,
+                  log_every=args.log_every)
     try:
-        data = prepare_data(source.rna, source.atac, n_genes=args.n_genes, max_peak_fraction=args.max_peak_fraction,
-                            n_peaks=args.n_peaks,
-                            binarize_atac=args.binarize_atac, val_fraction=args.val_fraction, seed=args.seed)
+        z = vae.fit_sources(source.rna, source.atac, source.gene_names, source.peak_names)
     except CoemInputError as err:
         raise err.with_context(sample=args.sample, file=args.input) from err
-    if data.train_idx.size < args.n_centroids:
-        raise CoemInputError(f"{data.train_idx.size} training cells are fewer than --n-centroids "
-                             f"{args.n_centroids}; lower --n-centroids", sample=args.sample, file=args.input)
-    timings["features_s"] = round(time.perf_counter() - start, 3)
-    log.info("features: %d genes, %d peaks (open in <= %.0f%% of cells), %d train / %d validation cells in %.2f s",
-             data.n_genes, data.n_peaks, 100 * args.max_peak_fraction, data.train_idx.size, data.val_idx.size,
-             timings["features_s"])
-
-    try:
-        model = JointVAE(data.n_genes, data.n_peaks, n_latent=args.n_latent, n_hidden=args.n_hidden,
-                         n_centroids=args.n_centroids, rna_likelihood=args.rna_likelihood,
-                         atac_likelihood=args.atac_likelihood, rna_weight=args.rna_weight,
-                         atac_weight=args.atac_weight, dropout_rate=args.dropout_rate,
-                         input_transform=args.input_transform, seed=args.seed)
-    except ValueError as err:
-        raise CoemInputError(f"invalid model options: {err}", sample=args.sample) from err
-    start = time.perf_counter()
-    history = train_vae(model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                        patience=args.patience, n_warmup_epochs=args.warmup_epochs, device=args.device,
-                        seed=args.seed, log_every=args.log_every, threads=args.threads, gmm_init=args.gmm_init,
-                        cells_per_epoch=args.cells_per_epoch)
-    timings["train_s"] = round(time.perf_counter() - start, 3)
-    log.info("trained %d epochs (best %d) in %.2f s", history["epochs_run"], history["best_epoch"], timings["train_s"])
-
-    start = time.perf_counter()
-    z = embed(model, data, batch_size=max(args.batch_size, EMBED_BATCH_SIZE))
-    timings["embed_s"] = round(time.perf_counter() - start, 3)
-    log.info("embedded %d cells (%d dims) in %.2f s", z.shape[0], z.shape[1], timings["embed_s"])
+    timings.update(vae.timings_)
+    history = vae.history_
 
     start = time.perf_counter()
     summary = _summary(history, args.seed)
-    genes = source.gene_names[data.gene_idx].tolist()
-    peaks = source.peak_names[data.peak_idx].tolist()
-    record = step_record(STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(genes),
-                         n_peaks_used=len(peaks), n_train_cells=int(data.train_idx.size),
-                         n_val_cells=int(data.val_idx.size), backed=source.backed,
+    record = step_record(STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(vae.genes_),
+                         n_peaks_used=len(vae.peaks_), n_train_cells=vae.n_train_cells_,
+                         n_val_cells=vae.n_val_cells_, backed=source.backed,
                          **{k: strict_json(v) for k, v in summary.items() if k != "seed"})
-    checkpoint = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                  "config": model.config, "history": history, "genes": genes, "peaks": peaks,
-                  "binarize_atac": args.binarize_atac, "versions": software_versions()}
-    _write_outputs(prefix, args, source, z, record_json(record), checkpoint, history, summary, torch)
+    _write_outputs(prefix, args, source, z, record_json(record), vae, history, summary)
     log.info("wrote %s.embed.h5mu, %s.vae.pt and reports in %.2f s", prefix, prefix, time.perf_counter() - start)
     return 0
 
 
-def _write_outputs(prefix, args, source, z, record, checkpoint, history, summary, torch) -> None:
+def _write_outputs(prefix, args, source, z, record, vae, history, summary) -> None:
     """Everything but the h5mu first; the h5mu goes to a temporary name, renamed at the end."""
     import pandas as pd
 
     final = Path(f"{prefix}.embed.h5mu")
     final.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, f"{prefix}.vae.pt")
+    vae.save(f"{prefix}.vae.pt")
     pd.DataFrame(history["epochs"]).to_csv(f"{prefix}.vae_history.tsv", sep="\t", index=False)
     write_multiqc(prefix, args.sample, history, summary)
     write_versions_yml("versions.yml", args.process_name or "COEM_TRAIN_VAE")

@@ -18,7 +18,12 @@ EXPECTED_SECTIONS = {
     "coem_qc_summary", "coem_qc_rna_counts", "coem_qc_atac_counts",
     "coem_metacells_summary", "coem_metacell_sizes",
     "coem_peak2gene_summary", "coem_peak2gene_r", "coem_peak2gene_distance", "coem_peak2gene_truth",
+    "coem_overview", "coem_vae_summary", "coem_vae_loss", "coem_evaluation", "coem_purity",
+    *(f"coem_cells_2d_{what}_{sample}" for what in ("metacell", "label") for sample in SAMPLES),
 }
+# Tables among them (rendered as <table>); the others are plots (rendered as SVG by plotly).
+TABLE_SECTIONS = {"coem_qc_summary", "coem_metacells_summary", "coem_peak2gene_summary", "coem_peak2gene_truth",
+                  "coem_overview", "coem_vae_summary", "coem_evaluation"}
 
 
 def _multiqc_data(outdir):
@@ -56,6 +61,59 @@ def test_report_has_our_sections_with_one_row_per_sample(test_profile_run):
     # HTML-only sections keep no data in multiqc_data.json: look for them in the report itself.
     report = (test_profile_run.outdir / "multiqc" / "multiqc_report.html").read_text()
     assert 'id="coem-params-summary"' in report and "Software Versions" in report
+
+
+def test_report_reads_well(test_profile_run):
+    """Issue 16: loss curves in epoch order, no number above 1e6 in any table unless flagged,
+    the overview row per sample, the dubious-metacell share."""
+    data = _multiqc_data(test_profile_run.outdir)
+    lines = data["report_plot_data"]["coem_vae_loss_plot"]["datasets"][0]["lines"]
+    assert len(lines) == 4  # train and validation per sample
+    for line in lines:
+        xs = [x for x, _ in line["pairs"]]
+        assert all(isinstance(x, (int, float)) for x in xs) and xs == sorted(xs) and xs[0] == 1
+    saved = data["report_saved_raw_data"]
+    for table_id, table in saved.items():
+        for sample, row in table.items():
+            if not isinstance(row, dict):
+                continue
+            flagged = str(row.get("warnings", "none")) != "none"
+            for col, value in row.items():
+                if isinstance(value, (int, float)) and abs(value) > 1e6:
+                    assert flagged, f"{table_id} {sample} {col} = {value:.3g} unflagged"
+    evaluation = saved["multiqc_coem_evaluation_plot"]
+    overview = saved["multiqc_coem_overview_plot"]
+    assert set(evaluation) == set(overview) == set(SAMPLES)
+    for sample in SAMPLES:
+        assert 0 <= evaluation[sample]["dubious_pct"] <= 100
+        assert evaluation[sample]["compactness_atac_median"] < 1e6
+        row = overview[sample]
+        assert row["cells_in"] >= row["cells_out"] > 0 and row["metacells"] > 0 and row["significant_links"] > 0
+        assert 0 < row["purity"] <= 1 and row["device"].startswith("cpu") and row["seconds"] > 0
+
+
+def test_every_section_renders_in_a_headless_browser(test_profile_run):
+    """The report opened in headless Chromium: every section of ours is drawn (plots as SVG,
+    tables as <table>), with none left behind a 'Show plot' button."""
+    import re
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium/Chrome on PATH to open the report")
+    report = test_profile_run.outdir / "multiqc" / "multiqc_report.html"
+    dom = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=300).stdout
+    for sid in EXPECTED_SECTIONS:
+        start = dom.find(f'id="{sid}_plot"')
+        assert start >= 0, f"{sid} not in the rendered report"
+        section = dom[start:]
+        end = section.find('class="mqc-section', 10)
+        section = section[: end if end > 0 else len(section)]
+        assert ("<table" if sid in TABLE_SECTIONS else "main-svg") in section, f"{sid} not drawn"
+    # the overview comes first among our sections
+    order = [m.group(1) for m in re.finditer(r'id="(coem_[a-z0-9_]+?)_plot"', dom)]
+    assert order[0] == "coem_overview"
 
 
 def test_metacell_count_matches_request(test_profile_run):

@@ -145,6 +145,39 @@ def test_cli_end_to_end_embed_metacells_aggregate(tmp_path, tiny_sim, monkeypatc
     record = json.loads(agg.uns["coem"]["aggregate"])
     assert record["n_cells"] == 200 and record["n_metacells"] == 10 and record["params"]["metacell_key"] == "metacell"
     assert "COEM_AGGREGATE" in Path("versions.yml").read_text()
+    # the dubious-metacell test travels in obs; the same seed gives the same flags
+    assert agg.obs["dubious"].dtype == bool and agg.obs["dubious_rna"].dtype == bool
+    assert {"dubious_atac", "dubious_excess_rna", "dubious_q_atac"} <= set(agg.obs.columns)
+    assert agg.obs["dubious_q_rna"].between(0, 1).all()
+    np.testing.assert_array_equal(agg.obs["dubious"], agg.obs["dubious_rna"] | agg.obs["dubious_atac"])
+    assert record["n_dubious"] == int(agg.obs["dubious"].sum()) and record["n_dropped"] == 0
+
+    # --drop-dubious: the flagged metacells are gone from the output (3 of the 10 here, one of
+    # them the least pure: label fraction 0.79)
+    assert record["n_dubious"] == 3 and agg.obs.loc[agg.obs["dubious"], "label_fraction"].min() < 0.8
+    assert aggregate_main(["--sample", "S1", "--prefix", "D", "--input", "S1.metacells.h5mu", "--drop-dubious"]) == 0
+    with _quiet():
+        dropped = md.read_h5mu("D.aggregated.h5mu")
+    record = json.loads(dropped.uns["coem"]["aggregate"])
+    assert record["n_dropped"] == record["n_dubious"] and dropped.n_obs == 10 - record["n_dubious"]
+    assert not dropped.obs["dubious"].any()
+
+
+def test_drop_dubious_keeps_the_rest_and_explains_errors():
+    from coem.aggregate import aggregate_metacells, drop_dubious
+
+    with _quiet():
+        agg = aggregate_metacells(_toy())
+    with pytest.raises(CoemInputError, match=r"obs\['dubious'\] is missing"):
+        drop_dubious(agg)
+    agg.obs["dubious"] = [False, True, False]
+    with _quiet():
+        kept = drop_dubious(agg)
+    assert kept.obs_names.tolist() == ["MC00001", "MC00003"] and agg.n_obs == 3  # input unchanged
+    np.testing.assert_array_equal(kept.mod["rna"].X.toarray(), agg.mod["rna"].X.toarray()[[0, 2]])
+    agg.obs["dubious"] = True
+    with pytest.raises(CoemInputError, match="all 3 metacells are flagged dubious"):
+        drop_dubious(agg)
 
 
 def test_cli_without_metacells_is_a_user_error(tmp_path, tiny_sim, monkeypatch, capsys):

@@ -45,7 +45,7 @@ def tiny_with_metacells(_tiny_sim_cached):
         mdata = tiny_sim.mdata.copy()
     z, _ = pca_lsi_embedding(mdata, n_pcs=10, n_lsi=10)
     mdata.obsm["X_embedding"] = z
-    mdata.obs["metacell"] = SpectralMetacells(n_metacells=5, seed=0).fit(z).names_
+    mdata.obs["metacell"] = SpectralMetacells(n_metacells=5, random_state=0).fit(z).names_
     mdata.obs["label"] = mdata.obs["state"].astype(str)
     return mdata
 
@@ -140,7 +140,7 @@ def test_time_spectral_returns_exactly_the_requested_count(tiny_embeddings):
     assert res.n_returned == 7 and res.method == "coem"
     assert res.kernel_seconds > 0 and res.fit_seconds > 0
     # the timed path is SpectralMetacells' own (same labels)
-    np.testing.assert_array_equal(res.labels, SpectralMetacells(n_metacells=7, seed=0).fit(z).labels_)
+    np.testing.assert_array_equal(res.labels, SpectralMetacells(n_metacells=7, random_state=0).fit(z).labels_)
 
 
 def test_runtime_table_ratios():
@@ -210,6 +210,12 @@ def test_cli_comparison_table_has_a_finite_row_per_method(cli_run, tiny_sim):
     assert table.loc["coem", "n_metacells"] == 5
     assert (table["n_metacells"] <= 5).all() and (table["n_metacells"] >= 2).all()
     assert ((table["purity"] > 0) & (table["purity"] <= 1)).all()
+    medians = [f"{m}_{mod}_median" for m in ("compactness", "separation") for mod in ("rna", "atac")]
+    assert np.isfinite(table[medians].to_numpy(dtype=float)).all()  # robust columns beside the means
+    mqc = json.loads((out / "S_method_comparison_mqc.json").read_text())
+    for row in mqc["data"].values():  # no value above 1e6 unless its modality is flagged
+        for col in ("compactness_rna", "compactness_atac", "separation_rna", "separation_atac"):
+            assert row[col] is None or row[col] < 1e6 or col.split("_")[1] in row["nearly_disconnected"]
 
     assignments = pd.read_csv(out / "S.baseline_assignments.tsv", sep="\t", index_col="cell")
     assert list(assignments.index) == list(tiny_sim.mdata.obs_names)

@@ -90,7 +90,7 @@ def test_names_and_summary():
 @pytest.mark.parametrize("n_mc", [1, 3, 17, 58, 59, 60])
 def test_exactly_n_nonempty_metacells_up_to_n_cells(n_mc):
     X = np.random.default_rng(5).normal(size=(60, 4))
-    model = SpectralMetacells(n_metacells=n_mc, seed=0).fit(X)
+    model = SpectralMetacells(n_metacells=n_mc, random_state=0).fit(X)
     _check_exact(model.labels_, n_mc)
     assert model.n_metacells_ == n_mc and model.summary_["n_metacells"] == n_mc
 
@@ -99,12 +99,12 @@ def test_disconnected_components_get_their_own_metacells():
     X, truth = _blobs(40, 3, 5, gap=100.0, seed=1)
     idx, dist = knn(X, k=15)
     assert connected_components(rbf_kernel(idx, dist))[0] == 3
-    labels = SpectralMetacells(n_metacells=7, seed=0).fit(X).labels_
+    labels = SpectralMetacells(n_metacells=7, random_state=0).fit(X).labels_
     _check_exact(labels, 7)
     # No metacell mixes two components.
     assert all(len(set(truth[labels == m])) == 1 for m in range(7))
     # Fewer metacells than components: still exactly that many.
-    _check_exact(SpectralMetacells(n_metacells=2, seed=0).fit(X).labels_, 2)
+    _check_exact(SpectralMetacells(n_metacells=2, random_state=0).fit(X).labels_, 2)
 
 
 def test_recovers_planted_blobs_on_a_connected_graph():
@@ -122,33 +122,33 @@ def test_recovers_planted_blobs_on_a_connected_graph():
     Xall = np.vstack([X, bridges])
     idx, dist = knn(Xall, k=15)
     assert connected_components(rbf_kernel(idx, dist))[0] == 1  # the spectral path, not components
-    labels = SpectralMetacells(n_metacells=5, seed=0).fit(Xall).labels_
+    labels = SpectralMetacells(n_metacells=5, random_state=0).fit(Xall).labels_
     _check_exact(labels, 5)
     assert adjusted_rand_score(truth, labels[: truth.size]) >= 0.95
 
 
 def test_deterministic_for_a_seed():
     X, _ = _blobs(60, 4, 6, gap=3.0, seed=3)
-    a = SpectralMetacells(n_metacells=9, seed=11).fit(X)
-    b = SpectralMetacells(n_metacells=9, seed=11).fit(X)
+    a = SpectralMetacells(n_metacells=9, random_state=11).fit(X)
+    b = SpectralMetacells(n_metacells=9, random_state=11).fit(X)
     assert np.array_equal(a.labels_, b.labels_)
     assert a.names_[0] == "MC00001"  # numbered in order of first cell
 
 
 def test_partitioned_path_is_exact_and_keeps_metacells_inside_parts():
     X, _ = _blobs(150, 4, 5, gap=4.0, seed=4)
-    model = SpectralMetacells(n_metacells=13, seed=0, exact_max_cells=300, part_size=150).fit(X)
+    model = SpectralMetacells(n_metacells=13, random_state=0, exact_max_cells=300, part_size=150).fit(X)
     assert model.strategy_ == "partitioned" and model.n_parts_ >= 3
     _check_exact(model.labels_, 13)
     assert all(len(set(model.parts_[model.labels_ == m])) == 1 for m in range(13))
     assert np.bincount(model.parts_).max() <= 1.5 * 150
-    again = SpectralMetacells(n_metacells=13, seed=0, exact_max_cells=300, part_size=150).fit(X)
+    again = SpectralMetacells(n_metacells=13, random_state=0, exact_max_cells=300, part_size=150).fit(X)
     assert np.array_equal(model.labels_, again.labels_)
 
 
 def test_partitioned_path_with_fewer_metacells_than_parts():
     X, _ = _blobs(40, 3, 4, gap=5.0, seed=7)
-    model = SpectralMetacells(n_metacells=2, seed=0, exact_max_cells=50, part_size=20).fit(X)
+    model = SpectralMetacells(n_metacells=2, random_state=0, exact_max_cells=50, part_size=20).fit(X)
     assert model.strategy_ == "partitioned"
     _check_exact(model.labels_, 2)
 
@@ -156,7 +156,7 @@ def test_partitioned_path_with_fewer_metacells_than_parts():
 @pytest.mark.parametrize("neighbours", ["parts", "global"])
 def test_partitioned_path_is_exact_for_both_neighbour_designs(neighbours):
     X, _ = _blobs(100, 5, 5, gap=3.0, seed=8)
-    model = SpectralMetacells(n_metacells=31, seed=1, exact_max_cells=200, part_size=100,
+    model = SpectralMetacells(n_metacells=31, random_state=1, exact_max_cells=200, part_size=100,
                               neighbours=neighbours).fit(X)
     _check_exact(model.labels_, 31)
     assert set(model.timings_) == {"partition", "neighbours", "refine", "spectral"}
@@ -171,7 +171,7 @@ def test_partitioned_path_on_21k_cells_default_settings():
 
     assert EXACT_MAX_CELLS == 20_000
     z, states = simulate_latent(21_000, dim=5, n_states=6, seed=3, spread=8.0)
-    model = SpectralMetacells(seed=0).fit(z)
+    model = SpectralMetacells(random_state=0).fit(z)
     assert model.strategy_ == "partitioned" and model.part_size_ == 1000
     _check_exact(model.labels_, 280)  # round(21,000 / 75)
     assert 18 <= model.n_parts_ <= 26
@@ -295,7 +295,7 @@ def test_diffusion_coordinates_separate_metacells_better_than_njw():
 
     z, states = simulate_latent(3000, dim=10, n_states=10, seed=0, spread=2.0)
     components = {"z": diffusion_components(z, seed=0)}
-    new = SpectralMetacells(n_metacells=40, seed=0).fit(z).labels_
+    new = SpectralMetacells(n_metacells=40, random_state=0).fit(z).labels_
     _, ours = evaluate_metacells(new.astype(str), components, states)
     _, njw = evaluate_metacells(_njw_labels(z, 40).astype(str), components, states)
     assert ours["separation_z"]["mean"] > 1.3 * njw["separation_z"]["mean"]
@@ -309,9 +309,9 @@ def test_a_far_tiny_group_is_merged_unless_merging_is_off():
     so k-means gives them a metacell of 4; merging (the default) joins them to a neighbour."""
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(size=(600, 5)), rng.normal(scale=0.3, size=(4, 5)) + 6])
-    off = SpectralMetacells(n_metacells=8, seed=0, min_size_fraction=0).fit(X).labels_
+    off = SpectralMetacells(n_metacells=8, random_state=0, min_size_fraction=0).fit(X).labels_
     assert np.bincount(off).min() == 4 and len(set(off[-4:])) == 1
-    on = SpectralMetacells(n_metacells=8, seed=0).fit(X).labels_
+    on = SpectralMetacells(n_metacells=8, random_state=0).fit(X).labels_
     _check_exact(on, 8)
     assert np.bincount(on).min() >= 604 / 8 / 3 and np.bincount(on)[on[-1]] > 4
 
@@ -320,8 +320,8 @@ def test_njw_coordinates_stay_available_and_make_more_even_metacells():
     from coem.simulate import simulate_latent
 
     z, _ = simulate_latent(3000, dim=10, n_states=10, seed=0, spread=2.0)
-    njw = SpectralMetacells(n_metacells=40, seed=0, coordinates="njw").fit(z).labels_
-    diffusion = SpectralMetacells(n_metacells=40, seed=0).fit(z).labels_
+    njw = SpectralMetacells(n_metacells=40, random_state=0, coordinates="njw").fit(z).labels_
+    diffusion = SpectralMetacells(n_metacells=40, random_state=0).fit(z).labels_
     _check_exact(njw, 40)
     assert np.bincount(njw).std() < np.bincount(diffusion).std()
     with pytest.raises(CoemInputError, match="coordinates must be one of diffusion, njw"):
@@ -349,6 +349,62 @@ def test_fit_rejects_bad_embeddings():
         SpectralMetacells(n_metacells=2, k=1).fit(np.zeros((3, 2)))
     with pytest.raises(CoemInputError, match="neighbours must be one of parts, global, got 'ann'"):
         SpectralMetacells(n_metacells=2, neighbours="ann").fit(np.zeros((3, 2)))
+
+
+# ----------------------------------------------------------------------------- scikit-learn estimator
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+
+# n_metacells=3: check_clustering fits 50 blobs of 3 clusters and wants ARI > 0.4; the default
+# (one metacell per 75 cells) makes a single metacell of 50 cells. check_array_api_input skips
+# itself unless SCIPY_ARRAY_API=1 is set (numpy input only here). Every other check applies.
+@parametrize_with_checks([SpectralMetacells(n_metacells=3)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_estimator_params_clone_and_fit_predict():
+    X, truth = _blobs(40, 3, 4, gap=10.0, seed=0)
+    model = SpectralMetacells(n_metacells=3, random_state=5, k=10)
+    assert model.get_params()["random_state"] == 5 and model.get_params()["k"] == 10
+    twin = clone(model)
+    assert twin is not model and twin.get_params() == model.get_params()
+    labels = model.fit_predict(X)
+    np.testing.assert_array_equal(labels, model.labels_)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert model.n_features_in_ == 4
+    np.testing.assert_array_equal(twin.fit(X).labels_, labels)
+    # a RandomState draws an int seed; None means 0 (deterministic by design)
+    np.testing.assert_array_equal(SpectralMetacells(n_metacells=3, random_state=None).fit_predict(X),
+                                  SpectralMetacells(n_metacells=3, random_state=0).fit_predict(X))
+    assert SpectralMetacells(n_metacells=3, random_state=np.random.RandomState(1)).fit_predict(X).max() == 2
+
+
+def test_seed_is_a_deprecated_alias_of_random_state():
+    X, _ = _blobs(30, 3, 4, gap=3.0, seed=1)
+    with pytest.warns(FutureWarning, match=r"seed=\.\.\.\) is deprecated; use random_state"):
+        old = SpectralMetacells(n_metacells=7, seed=4).fit(X).labels_
+    np.testing.assert_array_equal(old, SpectralMetacells(n_metacells=7, random_state=4).fit(X).labels_)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"n_metacells": 0}, "n_metacells must be None or an integer of at least 1, got 0"),
+    ({"n_metacells": 2.5}, "n_metacells must be None or an integer of at least 1, got 2.5"),
+    ({"cells_per_metacell": -1}, "cells_per_metacell must be positive, got -1"),
+    ({"k": 1}, "k must be at least 2"),
+    ({"diffusion_steps": 0}, "diffusion_steps must be at least 1, got 0"),
+    ({"min_size_fraction": 1.0}, r"min_size_fraction must be in \[0, 1\), got 1.0"),
+    ({"part_size": 1}, "part_size must be None or an integer of at least 2, got 1"),
+    ({"knn_method": "hnsw"}, "knn_method must be one of auto, exact, approx, got 'hnsw'"),
+    ({"random_state": "zero"}, "random_state must be None, an int or a numpy RandomState"),
+])
+def test_bad_parameters_raise_value_error_in_fit_not_init(params, message):
+    model = SpectralMetacells(**params)  # storing never fails (scikit-learn convention)
+    with pytest.raises(ValueError, match=message) as info:
+        model.fit(np.random.default_rng(0).normal(size=(20, 3)))
+    assert isinstance(info.value, CoemInputError)
 
 
 # ----------------------------------------------------------------------------- command
@@ -404,6 +460,15 @@ def test_cli_writes_metacells_sizes_and_multiqc(tmp_path, embedded_h5mu, monkeyp
     assert box["id"] == "coem_metacell_sizes" and box["plot_type"] == "boxplot"
     assert sorted(box["data"]["S1"]) == sorted(sizes["size"].astype(float).tolist())
     assert "COEM_METACELLS" in Path("versions.yml").read_text()
+    # the report's 2-D pictures: every cell (200 < 1,500), coloured by metacell and by label
+    by_mc = json.loads(Path("P_cells_2d_metacell_mqc.json").read_text())
+    assert by_mc["id"] == "coem_cells_2d_metacell_S1" and by_mc["plot_type"] == "scatter"
+    assert set(by_mc["data"]) == set(out.obs["metacell"]) and sum(map(len, by_mc["data"].values())) == 200
+    assert "Good:" in by_mc["description"]
+    by_label = json.loads(Path("P_cells_2d_label_mqc.json").read_text())
+    assert set(by_label["data"]) == set(out.obs["label"])
+    colours = {p["color"] for p in by_label["data"][sorted(by_label["data"])[0]]}
+    assert len(colours) == 1  # one colour per label
 
 
 def test_cli_too_few_cells_names_sample_and_numbers(tmp_path, embedded_h5mu, monkeypatch, capsys):

@@ -103,7 +103,38 @@ def test_size_summary_hand_computed():
     assert s == {
         "n_cells": 6, "n_metacells": 3, "n_singletons": 1, "size_mean": 2.0, "size_sd": 1.0,
         "size_min": 1, "size_median": 2.0, "size_max": 3,
+        # balance: largest 3 of 6 cells; Gini of sorted [1, 2, 3] = (-2*1 + 0*2 + 2*3) / (3 * 6)
+        "largest_share": 0.5, "size_gini": pytest.approx(4 / 18),
     }
+
+
+def test_gini_extremes():
+    assert metrics.gini([5, 5, 5, 5]) == 0.0
+    assert metrics.gini([0, 0, 0, 12]) == pytest.approx(3 / 4)  # (n - 1) / n
+    assert metrics.gini([]) is None
+
+
+def test_cell_weighted_purity_counts_each_cell_once():
+    # A: x, x, y -> 2 cells agree with the majority x; B: y -> 1 agrees; 3 of 4 labelled cells
+    assert metrics.cell_weighted_purity(LABELS, METACELLS) == pytest.approx(3 / 4)
+    # a 2-cell pure metacell and a 98-cell one with 49 of each label: mean 0.75, per cell 0.51
+    mc = np.array(["s"] * 2 + ["b"] * 98, dtype=object)
+    lab = np.array(["x", "x"] + ["x"] * 49 + ["y"] * 49, dtype=object)
+    assert metrics.purity(lab, mc)["purity"].mean() == pytest.approx(0.75)
+    assert metrics.cell_weighted_purity(lab, mc) == pytest.approx(51 / 100)
+
+
+def test_disconnection_flag_rule_and_sentence():
+    calm = metrics.disconnection_flag("rna", [0.1, 0.2, 0.3], [1.0, 1.5, 2.0])
+    assert calm == {"nearly_disconnected": False, "reason": None, "sentence": None}
+    # one value above 1e6 (the demo's ATAC reached 5.6e+25)
+    big = metrics.disconnection_flag("atac", [0.1, 0.2, 5.6e25], [1.0, 1.2, 1.1])
+    assert big["nearly_disconnected"] and "compactness up to 5.6e+25 (median 0.2)" in big["reason"]
+    assert big["sentence"].startswith("ATAC: the diffusion graph is nearly disconnected")
+    assert big["sentence"].endswith("read the medians.")
+    # no value above 1e6, but the mean is > 100 x the median
+    skew = metrics.disconnection_flag("rna", [0.01] * 300 + [5e5], [1.0] * 301)
+    assert skew["nearly_disconnected"] and "mean compactness" in skew["reason"] and "x its median 0.01" in skew["reason"]
 
 
 def test_evaluate_metacells_table_and_mean_sd():
@@ -111,10 +142,13 @@ def test_evaluate_metacells_table_and_mean_sd():
     assert list(table.columns) == ["size", "compactness_rna", "separation_rna", "nearest_rna", "label", "purity"]
     assert table["size"].tolist() == [3, 2, 1]
     # compactness: NaN singleton skipped -> mean of 2 and 5, sd sqrt(4.5)
-    assert summary["compactness_rna"] == pytest.approx({"mean": 3.5, "sd": math.sqrt(4.5), "n": 2})
+    assert summary["compactness_rna"] == pytest.approx({"mean": 3.5, "sd": math.sqrt(4.5), "n": 2, "median": 3.5})
     sep = [4.0, math.sqrt(101), 4.0]
-    assert summary["separation_rna"] == pytest.approx({"mean": np.mean(sep), "sd": np.std(sep, ddof=1), "n": 3})
-    assert summary["purity"] == pytest.approx({"mean": 5 / 6, "sd": math.sqrt(1 / 18), "n": 2})
+    assert summary["separation_rna"] == pytest.approx({"mean": np.mean(sep), "sd": np.std(sep, ddof=1), "n": 3,
+                                                       "median": 4.0})
+    assert summary["purity"] == pytest.approx({"mean": 5 / 6, "sd": math.sqrt(1 / 18), "n": 2, "median": 5 / 6})
+    assert summary["purity_cells"] == pytest.approx(3 / 4)
+    assert summary["diffusion"]["rna"]["nearly_disconnected"] is False
     json.dumps(summary, allow_nan=False)  # JSON-safe: NaN never leaks into the summary
 
 
@@ -256,9 +290,31 @@ def test_cli_writes_all_outputs(tmp_path, toy_h5mu, monkeypatch):
     mqc = json.loads(Path("P_evaluation_mqc.json").read_text())
     assert mqc["id"] == "coem_evaluation" and mqc["plot_type"] == "table"
     row = mqc["data"]["S1"]
-    assert set(row) == {"n_metacells", "compactness_rna_mean", "compactness_atac_mean", "separation_rna_mean",
-                        "separation_atac_mean", "purity_mean"}
-    assert row["separation_atac_mean"] == pytest.approx(summary["separation_atac"]["mean"])
+    # the dubious-metacell test: the two mixed metacells (5 cells of another state) are flagged
+    assert table.loc[MIXED, "dubious"].all(), table.filter(like="dubious")
+    assert summary["dubious"]["n_metacells"] == 18 and summary["dubious"]["n_dubious"] == table["dubious"].sum()
+    assert row["dubious_pct"] == pytest.approx(100 * table["dubious"].mean())
+    assert set(row) == {"n_metacells", "largest_share", "size_gini", "purity_mean", "purity_cells", "warnings",
+                        "dubious_pct",
+                        *(f"{m}_{mod}_{stat}" for m in ("compactness", "separation") for mod in ("rna", "atac")
+                          for stat in ("mean", "median"))}
+    # Three well-separated states (diffusion eigenvalues 1, 0.9994, 0.9977 in RNA): the two mixed
+    # metacells straddle isolated parts and their compactness drives the mean (151 against a
+    # median of 0.024): flagged, the means left blank, a sentence instead.
+    flagged = [mod for mod in ("rna", "atac") if summary["diffusion"][mod]["nearly_disconnected"]]
+    assert "rna" in flagged
+    for mod in flagged:
+        assert row[f"compactness_{mod}_mean"] is None and row[f"separation_{mod}_mean"] is None
+        assert summary["diffusion"][mod]["sentence"] in row["warnings"]
+        assert summary[f"compactness_{mod}"]["mean"] > 100 * summary[f"compactness_{mod}"]["median"]
+    assert row["warnings"].startswith("RNA: the diffusion graph is nearly disconnected (mean compactness")
+    if "atac" not in flagged:
+        assert row["separation_atac_mean"] == pytest.approx(summary["separation_atac"]["mean"])
+    assert row["separation_atac_median"] == pytest.approx(table["separation_atac"].median())
+    assert row["largest_share"] == pytest.approx(100 / 18) and row["size_gini"] == pytest.approx(0.0)
+    assert row["purity_cells"] == pytest.approx(170 / 180) and summary["purity_cells"] == pytest.approx(170 / 180)
+    assert set(mqc["headers"]) == set(row)
+    assert all(v is None or isinstance(v, str) or abs(v) < 1e6 for v in row.values())
     box = json.loads(Path("P_purity_mqc.json").read_text())
     assert box["id"] == "coem_purity" and box["plot_type"] == "boxplot" and len(box["data"]["S1"]) == 18
     assert "COEM_EVALUATE" in Path("versions.yml").read_text()
@@ -308,11 +364,14 @@ def test_evaluate_shim_is_the_four_line_wrapper():
 
 
 def test_disconnected_graph_is_reported(monkeypatch):
-    """Two far-apart clouds: eigenvalue 1 twice, Palantir's scaling explodes; we say so."""
+    """Two far-apart clouds: eigenvalue 1 twice, Palantir's scaling explodes; we say so.
+
+    ARPACK at Palantir's tolerance may return the repeated eigenvalue 1 only once (scipy 1.17.1:
+    1, 0.847, ...), so the parts are also counted on the kernel graph."""
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(size=(60, 3)), 100 + rng.normal(size=(60, 3))])
     messages = []
     monkeypatch.setattr(metrics._log, "warning", lambda msg, *args: messages.append(msg % args))
     vals, _ = metrics.diffusion_maps(X, n_components=5, knn=15)
-    assert vals[1] == pytest.approx(1.0, abs=1e-6)
+    assert vals[0] == pytest.approx(1.0, abs=1e-6)
     assert len(messages) == 1 and "2 (nearly) disconnected parts" in messages[0]

@@ -39,7 +39,7 @@ def metacell_purity(X: np.ndarray, labels: np.ndarray) -> float:
     from coem.aggregate import metacell_table
     from coem.metacells import SpectralMetacells
 
-    model = SpectralMetacells(cells_per_metacell=20, seed=0).fit(X)
+    model = SpectralMetacells(cells_per_metacell=20, random_state=0).fit(X)
     table = metacell_table(pd.Series(model.names_), pd.Series(labels))
     return float(table["label_fraction"].mean())
 

@@ -14,6 +14,8 @@ process MULTIQC {
     script:
     def args = task.ext.args ?: ''
     """
+    # One overview row per sample from the steps' tables (section coem_overview, first in the report).
+    coem_overview.py --input-dir . --output coem_overview_mqc.json
     # Fixed names whatever the report title: multiqc_report.html and multiqc_data/.
     multiqc --force --strict --config ${multiqc_config} --filename multiqc_report.html \
         --cl-config 'data_dir_name: multiqc_data' ${args} .
