@@ -256,13 +256,14 @@ def write_multiqc(prefix: str, sample: str, links: pd.DataFrame, summary: dict, 
         f"Fraction of pairs per bin of r ({R_BINS} bins from -1 to 1): the tested cis pairs, and the genes with "
         "their matched background peaks on other chromosomes (the null). Good: the tested pairs have a heavier "
         "right tail than the background; the background centres near 0.",
-        series, pconfig={"xlab": "correlation r", "ylab": "fraction of pairs", "xmin": -1, "xmax": 1, "ymin": 0},
+        series, pairs=True,
+        pconfig={"xlab": "correlation r", "ylab": "fraction of pairs", "xmin": -1, "xmax": 1, "ymin": 0},
     ))
     paths.append(multiqc.linegraph(
         f"{prefix}_peak2gene_distance_mqc.json", "coem_peak2gene_distance", "Distance of significant links to the TSS",
         f"Significant links per {2 * summary['window'] / 1000 / DISTANCE_BINS:g}-kb bin of distance from the gene's "
         "TSS (negative: upstream). Good: a peak at the TSS and a decay with distance, as regulatory links have.",
-        {sample: distance_histogram(significant["distance"].to_numpy(), summary["window"])},
+        {sample: distance_histogram(significant["distance"].to_numpy(), summary["window"])}, pairs=True,
         pconfig={"xlab": "distance to TSS (kb)", "ylab": "significant links", "ymin": 0},
     ))
     if truth is not None:

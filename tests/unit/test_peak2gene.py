@@ -521,10 +521,12 @@ def test_cli_writes_links_significant_bedpe_summary_multiqc_and_versions(tmp_pat
     hist = json.loads(Path("P_peak2gene_r_mqc.json").read_text())
     assert hist["id"] == "coem_peak2gene_r" and hist["plot_type"] == "linegraph"
     assert set(hist["data"]) == {"S1 (tested pairs)", "S1 (matched background)", "S1 (single cells)"}
-    for series in hist["data"].values():
-        assert sum(series.values()) == pytest.approx(1.0) and len(series) == 40
+    for series in hist["data"].values():  # [x, y] pairs in increasing x: MultiQC draws them in order
+        x, y = np.array(series).T
+        assert y.sum() == pytest.approx(1.0) and len(series) == 40 and (np.diff(x) > 0).all()
     distance = json.loads(Path("P_peak2gene_distance_mqc.json").read_text())
-    assert sum(distance["data"]["S1"].values()) == len(significant)
+    x, y = np.array(distance["data"]["S1"]).T
+    assert y.sum() == len(significant) and (np.diff(x) > 0).all() and x[0] < 0 < x[-1]
     truth = json.loads(Path("P_peak2gene_truth_mqc.json").read_text())
     assert truth["data"]["S1"]["recall"] == 1.0
     assert "COEM_PEAK2GENE" in Path("versions.yml").read_text()
