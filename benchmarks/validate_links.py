@@ -281,31 +281,38 @@ def seacells_links(mdata, labels, svd, pairs, seed: int, validate_genes=()) -> t
     return links, check
 
 
+def _order_score(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """A score that orders pairs by p ascending, ties broken by r descending (NaN where either is NaN)."""
+    score = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p) & np.isfinite(r))
+    order = ok[np.lexsort((-r[ok], p[ok]))]
+    ps, rs = p[order], r[order]
+    new = np.r_[True, (ps[1:] != ps[:-1]) | (rs[1:] != rs[:-1])]
+    score[order] = -np.cumsum(new).astype(float)
+    return score
+
+
 def on_pairs(pairs: pd.DataFrame, links: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """One method's links on the common pairs: r, z (the ranking score), p, fdr, bg_mean, and for COEM
-    ``p_over_w`` = -log10(p / weight), the order COEM's weighted FDR uses.
+    """One method's links on the common pairs: r, z (the ranking score), p, fdr, bg_mean, and
+    ``p_over_w``: the order of p / weight with COEM's distance prior (``peak2gene.distance_weights``,
+    10 kb), the order COEM's weighted FDR uses; computed for SEACells too, to separate the prior.
 
     COEM keeps the pipeline's ``fdr`` (weighted BH over every pair it tested; pairs it skipped as
     constant are NaN here). SEACells gives nominal p only: its ``fdr`` is BH over the common pairs
     it tested, and its score orders by p, ties (p = 0 beyond ~8 sd) broken by r."""
     cols = ["r", "p"] + (["z", "fdr", "bg_mean", "weight"] if kind == "coem" else [])
     cols = [c for c in cols if c in links.columns]
-    out = pairs[["gene", "peak"]].merge(links[["gene", "peak"] + cols], on=["gene", "peak"], how="left")
+    out = pairs[["gene", "peak", "distance"]].merge(links[["gene", "peak"] + cols], on=["gene", "peak"], how="left")
+    r, p = out["r"].to_numpy(float), out["p"].to_numpy(float)
+    if "weight" in out.columns:
+        weight = out["weight"].to_numpy(float)
+    else:
+        weight = peak2gene.distance_weights(out["distance"].to_numpy(float), peak2gene.DISTANCE_SCALE)
+    out["p_over_w"] = _order_score(p / weight, r)
     if kind == "seacells":
-        r, p = out["r"].to_numpy(float), out["p"].to_numpy(float)
-        score = np.full(len(out), np.nan)
-        ok = np.flatnonzero(np.isfinite(p) & np.isfinite(r))
-        order = ok[np.lexsort((-r[ok], p[ok]))]  # p ascending, then r descending
-        ps, rs = p[order], r[order]
-        new = np.r_[True, (ps[1:] != ps[:-1]) | (rs[1:] != rs[:-1])]
-        score[order] = -np.cumsum(new).astype(float)
-        out["z"] = score
+        out["z"] = _order_score(p, r)
         out["bg_mean"] = np.nan
         out["fdr"] = peak2gene.bh_fdr(p)
-    else:
-        weight = out["weight"].to_numpy(float) if "weight" in out.columns else np.ones(len(out))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["p_over_w"] = -np.log10(out["p"].to_numpy(float) / weight)
     return out
 
 
