@@ -599,7 +599,7 @@ def _scicar_metacells(mdata, seed=0):
 
     n_groups = round(mdata.n_obs / 75)
     embedding, _ = pca_lsi_embedding(mdata, n_pcs=20, n_lsi=20, seed=seed)
-    return SpectralMetacells(n_metacells=n_groups, seed=seed).fit(embedding).labels_, "coem spectral metacells"
+    return SpectralMetacells(n_metacells=n_groups, random_state=seed).fit(embedding).labels_, "coem spectral metacells"
 
 
 @pytest.mark.realdata
