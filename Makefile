@@ -8,6 +8,7 @@ PYTHON      ?= python3
 VENV        := .venv
 VENV_STAMP  := $(VENV)/.installed
 TEST_STAMP  := $(VENV)/.installed-test
+BROWSER_STAMP := $(VENV)/.browser
 NXF_JAR     := .nextflow-dist/nextflow-25.04.4-one.jar
 RUN_ENV     := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 PYTEST_ARGS ?=
@@ -32,12 +33,23 @@ $(TEST_STAMP): $(VENV_STAMP)
 	$(VENV)/bin/pip install --quiet -e ".[test,seacells]"
 	touch $@
 
+# Headless Chromium renders the MultiQC report in a pipeline test; installed from Debian when
+# missing and this is root with apt-get (CI), otherwise that one test skips and says why.
+$(BROWSER_STAMP): | $(VENV_STAMP)
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing Chromium (Debian package) for the report-rendering test ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "WARNING: could not install Chromium; the report-rendering test will skip"; \
+	else echo "NOTE: no Chromium on PATH; the report-rendering test will skip (apt-get install chromium)"; fi
+	@touch $@
+
 $(NXF_JAR):
 	./nextflow -version >/dev/null
 
 install: $(VENV_STAMP) $(NXF_JAR)
 
-install-test: install $(TEST_STAMP)
+install-test: install $(TEST_STAMP) $(BROWSER_STAMP)
 
 demo: install
 	$(RUN_ENV) ./nextflow run . -profile test --outdir results
