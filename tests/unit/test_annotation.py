@@ -106,12 +106,13 @@ def test_real_tss_tables():
     if not (DATA / "annotation").is_dir():
         pytest.skip(f"real data not found at {DATA} (../shared/data from the repo root)")
     hg38 = read_tss_table(DATA / "annotation" / "hg38_gene_tss.tsv")
-    # counts of ../shared/data as rebuilt on 2026-11-30 (its annotation/README.md)
-    assert len(hg38) == 28249 and hg38["symbol"].is_unique
+    assert len(hg38) == 28249 and hg38["symbol"].is_unique  # data README (rebuilt 2026-11-30): 28,249 genes
     plus = hg38[hg38["strand"] == "+"]
     minus = hg38[hg38["strand"] == "-"]
     assert (plus["tss"] == plus["start"]).all() and (minus["tss"] == minus["end"]).all()
     hg19 = read_annotation(DATA / "annotation" / "hg19_gene_tss.tsv")
+    # Since the rebuild of ../shared/data (2026-11-30) the 95 genes without a symbol are dropped there
+    # (its README): 23,274 - 95 = 23,179.
     assert len(hg19) == 23179
-    assert (hg19["symbol"] == "").sum() == 0  # the rebuilt table names every gene
+    assert (hg19["symbol"] == "").sum() == 0
     assert hg19.set_index("symbol").loc["WASH7P", ["chrom", "strand", "tss"]].tolist() == ["chr1", "-", 29961]
