@@ -14,14 +14,53 @@ from coem.errors import CoemInputError
 
 EXIT_INPUT_ERROR = 2
 
+# Under Nextflow each task exports these (modules/local/*/main.nf). A bad-input error is then
+# written to COEM_FAILURE_FILE and the task ends with exit 0 and no other output, so that the
+# workflow drops that sample only and lists it at the end (per-sample failure isolation);
+# without the variable (a user running a step by hand) the error exits 2. Warnings that mean
+# data loss or weak results are appended to COEM_WARNINGS_FILE for the end-of-run summary.
+FAILURE_FILE_ENV = "COEM_FAILURE_FILE"
+WARNINGS_FILE_ENV = "COEM_WARNINGS_FILE"
+
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a step's ``main``; a ``CoemInputError`` becomes one ``ERROR:`` line and exit code 2."""
+    """Run a step's ``main``; a ``CoemInputError`` becomes one ``ERROR:`` line and exit code 2
+    (or, under Nextflow, a failure record and exit 0: see ``FAILURE_FILE_ENV``)."""
     try:
         return int(main(argv) or 0)
     except CoemInputError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
+        line = f"ERROR: {err}"
+        print(line, file=sys.stderr)
+        failure_file = os.environ.get(FAILURE_FILE_ENV)
+        if failure_file:
+            _remove_task_outputs(keep=Path(failure_file).name)
+            Path(failure_file).write_text(line + "\n", encoding="utf-8")
+            return 0
         return EXIT_INPUT_ERROR
+
+
+def _remove_task_outputs(keep: str) -> None:
+    """In a Nextflow task directory, delete what the failed step wrote, so nothing half-done is
+    published: regular files only (inputs are staged as links), never Nextflow's ``.command*``."""
+    for path in Path(".").iterdir():
+        if path.name == keep or path.name.startswith(".") or path.is_symlink() or not path.is_file():
+            continue
+        path.unlink()
+
+
+def warn_user(message: str, sample: str, step: str) -> None:
+    """A warning the operator must see: logged now, and kept for the end-of-run summary.
+
+    One tab-separated line ``sample, step, message`` per warning in ``$COEM_WARNINGS_FILE``.
+    """
+    from coem._logging import get_logger
+
+    get_logger(f"coem.{step}").warning("sample '%s': %s", sample, message)
+    warnings_file = os.environ.get(WARNINGS_FILE_ENV)
+    if warnings_file:
+        flat = " ".join(message.split())
+        with open(warnings_file, "a", encoding="utf-8") as handle:
+            handle.write(f"{sample}\t{step}\t{flat}\n")
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
