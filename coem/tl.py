@@ -102,7 +102,7 @@ def evaluate(mdata, key: str = METACELL_KEY, label_key: str | None = "label", n_
 
     Returns (per-metacell table, summary).
     """
-    from coem import embed, metrics
+    from coem import metrics
     from coem.dubious import summary as dubious_summary
 
     if key not in mdata.obs.columns:
@@ -110,22 +110,35 @@ def evaluate(mdata, key: str = METACELL_KEY, label_key: str | None = "label", n_
     ids = mdata.obs[key].astype(str).to_numpy()
     components = {}
     for mod in (m for m in ("rna", "atac") if m in mdata.mod):
-        adata = mdata.mod[mod]
-        if not adata.obs_names.equals(mdata.obs_names):
-            adata = adata[mdata.obs_names]
-        if mod == "rna":
-            emb, _ = embed.rna_pca(adata.X, n_hvg=n_hvg, n_pcs=n_pcs)
-        else:
-            emb, _ = embed.atac_lsi(adata.X, n_lsi=n_lsi, seed=random_state)
+        emb, _ = evaluation_embedding(mdata, mod, n_hvg=n_hvg, n_pcs=n_pcs, n_lsi=n_lsi, random_state=random_state)
         vals, vecs = metrics.diffusion_maps(emb, n_components=n_components, knn=knn, seed=random_state)
         components[mod] = metrics.multiscale_space(vals, vecs, n_eigs=n_eigs)
-    labels = None
-    if label_key and label_key in mdata.obs.columns and mdata.obs[label_key].notna().any():
-        lab = mdata.obs[label_key]
-        labels = np.where(lab.isna(), None, lab.astype(str)).astype(object)
+    labels = cell_labels(mdata, label_key)
     table, summary = metrics.evaluate_metacells(ids, components, labels)
     if flag_dubious:
         flags = dubious(mdata, key=key, seed=random_state)
         table = table.join(flags.rename(index=str))
         summary["dubious"] = dubious_summary(flags)
     return table, summary
+
+
+def evaluation_embedding(mdata, mod: str, n_hvg: int = 2000, n_pcs: int = 50, n_lsi: int = 50,
+                         random_state: int = 0) -> tuple[np.ndarray, dict]:
+    """SEACells' evaluation embedding of one modality: PCA of log-normalised HVGs (``rna``) or
+    LSI of TF-IDF (``atac``), on the raw counts with cells in ``mdata.obs_names`` order."""
+    from coem import embed
+
+    adata = mdata.mod[mod]
+    if not adata.obs_names.equals(mdata.obs_names):
+        adata = adata[mdata.obs_names]
+    if mod == "rna":
+        return embed.rna_pca(adata.X, n_hvg=n_hvg, n_pcs=n_pcs)
+    return embed.atac_lsi(adata.X, n_lsi=n_lsi, seed=random_state)
+
+
+def cell_labels(mdata, label_key: str | None = "label") -> np.ndarray | None:
+    """Cell labels as str (None where unlabelled) for purity, or None when the column is absent or empty."""
+    if not label_key or label_key not in mdata.obs.columns or mdata.obs[label_key].isna().all():
+        return None
+    labels = mdata.obs[label_key]
+    return np.where(labels.isna(), None, labels.astype(str)).astype(object)

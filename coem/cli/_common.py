@@ -106,3 +106,88 @@ def write_mudata_atomically(mdata, final: Path) -> None:
     finally:
         if partial.exists():
             partial.unlink()
+
+
+# The frame every step's main() shares
+
+class _Stage:
+    """What a stage says when it ends (set with ``done``); the timing line is logged for it."""
+
+    def __init__(self, name: str):
+        self.message = name
+
+    def done(self, message: str) -> None:
+        self.message = message
+
+
+class StepRun:
+    """One run of a step, the part every bin/ CLI shares: read, time, log, record, write.
+
+    ``with run.stage("embed") as stage: ...; stage.done("embedding 30 dims")`` times the block
+    into ``run.timings['embed_s']``, logs ``<sample>: embedding 30 dims in 1.23 s`` and turns a
+    ``CoemInputError`` raised inside into one that names the sample and the input file.
+    ``read`` and ``write_h5mu`` are the first and last stages of the steps that pass a MuData on.
+    """
+
+    def __init__(self, step: str, args: argparse.Namespace, log, input_file: str | None = None,
+                 process: str | None = None):
+        self.step = step
+        self.args = args
+        self.log = log
+        self.sample = args.sample
+        self.prefix = args.prefix or args.sample
+        self.process_name = args.process_name or process or f"COEM_{step.upper()}"
+        self.input_file = input_file if input_file is not None else getattr(args, "input", None)
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, file: str | None = None):
+        import time
+
+        stage = _Stage(name)
+        start = time.perf_counter()
+        try:
+            yield stage
+        except CoemInputError as err:
+            raise err.with_context(sample=self.sample, file=file or self.input_file) from err
+        seconds = round(time.perf_counter() - start, 3)
+        self.timings[f"{name}_s"] = seconds
+        self.log.info("%s: %s in %.2f s", self.sample, stage.message, seconds)
+
+    def read(self, hint: str, path: str | None = None, name: str = "read"):
+        """Read the step's MuData input (``--input`` unless ``path``), timed and logged."""
+        path = path or self.input_file
+        with self.stage(name, file=path) as stage:
+            mdata = read_mudata(path, self.sample, hint)
+            mods = ", ".join(f"{m} {a.n_vars:,} features" for m, a in mdata.mod.items())
+            stage.done(f"read {path}: {mdata.n_obs:,} obs ({mods})")
+        return mdata
+
+    def record(self, params: dict, **extra) -> dict:
+        """The step's JSON record: parameters, seed, versions, timings so far and ``extra``."""
+        from coem.provenance import step_record
+
+        return step_record(self.step, params, seed=self.args.seed, timings=self.timings, **extra)
+
+    def write_versions(self, extra: tuple[str, ...] = ()) -> None:
+        """nf-core ``versions.yml`` (``extra``: more packages to name, e.g. the baselines')."""
+        from coem.provenance import write_versions_yml
+
+        write_versions_yml("versions.yml", self.process_name, extra=extra)
+
+    def write_h5mu(self, mdata, suffix: str, params: dict, **extra) -> Path:
+        """Record the step in ``uns['coem']``, write versions.yml and ``<prefix>.<suffix>`` atomically."""
+        from coem.provenance import record_step
+
+        final = Path(f"{self.prefix}.{suffix}")
+        with self.stage("write") as stage:
+            record_step(mdata, self.step, params, seed=self.args.seed, timings=self.timings, **extra)
+            self.write_versions()
+            write_mudata_atomically(mdata, final)
+            stage.done(f"wrote {final}")
+        return final
+
+
+def params_of(args: argparse.Namespace, keys: Sequence[str]) -> dict:
+    """The named command-line values, for the step record."""
+    return {key: getattr(args, key) for key in keys}

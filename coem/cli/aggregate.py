@@ -13,15 +13,11 @@ Input: ``P.metacells.h5mu`` (``obs['metacell']``). Outputs (``P`` = ``--prefix``
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Sequence
 
 from coem._logging import get_logger
-from coem.cli._common import base_parser
-from coem.cli._common import read_mudata, write_mudata_atomically
+from coem.cli._common import StepRun, base_parser, params_of
 from coem.errors import CoemInputError
-from coem.provenance import record_step, write_versions_yml
 
 STEP = "aggregate"
 log = get_logger("coem.aggregate")
@@ -70,60 +66,32 @@ def dubious_table(mdata, args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prefix = args.prefix or args.sample
-    timings = {}
+    run = StepRun(STEP, args, log)
+    mdata = run.read("pass the metacells step's .h5mu with --input")
 
-    start = time.perf_counter()
-    mdata = read_mudata(args.input, args.sample, "pass the metacells step's .h5mu with --input")
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells in %.2f s", args.sample, mdata.n_obs, timings["read_s"])
-
-    from coem.aggregate import aggregate_metacells
+    from coem.aggregate import add_dubious, aggregate_metacells, drop_dubious
     from coem.cli._common import quiet_mudata
 
-    start = time.perf_counter()
-    try:
-        with quiet_mudata():
-            agg = aggregate_metacells(mdata, key=args.metacell_key, label_key=args.label_key)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-    timings["aggregate_s"] = round(time.perf_counter() - start, 3)
-    log.info("%s: %d cells summed into %d metacells (%s) in %.2f s", args.sample, mdata.n_obs, agg.n_obs,
-             ", ".join(f"{m} {a.n_vars} features" for m, a in agg.mod.items()), timings["aggregate_s"])
-
-    from coem.aggregate import add_dubious, drop_dubious
-
-    start = time.perf_counter()
-    try:
-        table = dubious_table(mdata, args)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-    n_dubious = None
-    if table is not None:
-        add_dubious(agg, table)
-        n_dubious = int(table["dubious"].sum())
-        timings["dubious_s"] = round(time.perf_counter() - start, 3)
-        log.info("%s: %d of %d metacells dubious in %.2f s", args.sample, n_dubious, len(table), timings["dubious_s"])
-    elif args.drop_dubious:
+    with run.stage("aggregate") as stage, quiet_mudata():
+        agg = aggregate_metacells(mdata, key=args.metacell_key, label_key=args.label_key)
+        stage.done(f"{mdata.n_obs:,} cells summed into {agg.n_obs:,} metacells")
+    if args.drop_dubious and args.dubious_permutations == 0:
         raise CoemInputError("--drop-dubious needs the dubious-metacell test (--dubious-permutations > 0)",
                              sample=args.sample)
+    n_dubious = None
+    if args.dubious_permutations:
+        with run.stage("dubious") as stage:
+            table = dubious_table(mdata, args)
+            add_dubious(agg, table)
+            n_dubious = int(table["dubious"].sum())
+            stage.done(f"{n_dubious} of {len(table)} metacells dubious")
     n_metacells = agg.n_obs
     if args.drop_dubious:
-        try:
-            with quiet_mudata():
-                agg = drop_dubious(agg)
-        except CoemInputError as err:
-            raise err.with_context(sample=args.sample, file=args.input) from err
-        log.info("%s: dropped %d dubious metacells; %d go on to peak-to-gene", args.sample, n_dubious, agg.n_obs)
-
-    start = time.perf_counter()
-    params = {"metacell_key": args.metacell_key, "label_key": args.label_key, "input": args.input,
-              "dubious_permutations": args.dubious_permutations, "dubious_features": args.dubious_features,
-              "dubious_fdr": args.dubious_fdr, "dubious_min_excess": args.dubious_min_excess,
-              "drop_dubious": args.drop_dubious}
-    record_step(agg, STEP, params, seed=args.seed, timings=timings, n_cells=mdata.n_obs, n_metacells=n_metacells,
-                n_dubious=n_dubious, n_dropped=n_dubious if args.drop_dubious else 0)
-    write_versions_yml("versions.yml", args.process_name or "COEM_AGGREGATE")
-    write_mudata_atomically(agg, Path(f"{prefix}.aggregated.h5mu"))
-    log.info("wrote %s.aggregated.h5mu in %.2f s", prefix, time.perf_counter() - start)
+        with run.stage("drop_dubious") as stage, quiet_mudata():
+            agg = drop_dubious(agg)
+            stage.done(f"dropped {n_dubious} dubious metacells; {agg.n_obs} go on to peak-to-gene")
+    params = params_of(args, ("metacell_key", "label_key", "input", "dubious_permutations", "dubious_features",
+                              "dubious_fdr", "dubious_min_excess", "drop_dubious"))
+    run.write_h5mu(agg, "aggregated.h5mu", params, n_cells=mdata.n_obs, n_metacells=n_metacells,
+                   n_dubious=n_dubious, n_dropped=n_dubious if args.drop_dubious else 0)
     return 0

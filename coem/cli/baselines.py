@@ -25,7 +25,6 @@ Outputs (``P`` = ``--prefix``, default the sample id):
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -34,9 +33,9 @@ import pandas as pd
 
 from coem import baselines, metrics, multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser
+from coem.cli._common import StepRun, base_parser
 from coem.errors import CoemInputError
-from coem.provenance import software_versions, step_record, strict_json, write_versions_yml
+from coem.provenance import software_versions, strict_json
 
 STEP = "baselines"
 log = get_logger("coem.baselines")
@@ -93,12 +92,13 @@ def _check_args(args) -> None:
         raise CoemInputError(f"--k must be at least 2, got {args.k}", sample=args.sample)
 
 
-def read_inputs(args):
+def read_inputs(run: StepRun):
     """The MuData, z, COEM's metacell ids and the cell labels (None when absent)."""
-    from coem.cli._common import read_mudata
-    from coem.cli.evaluate import cell_labels, metacell_ids
+    from coem.cli.evaluate import metacell_ids
+    from coem.tl import cell_labels
 
-    mdata = read_mudata(args.input, args.sample, "pass the metacells step's .h5mu with --input")
+    args = run.args
+    mdata = run.read("pass the metacells step's .h5mu with --input")
     for mod in ("rna", "atac"):
         if mod not in mdata.mod:
             raise CoemInputError(f"modality '{mod}' is missing (found: {', '.join(mdata.mod) or 'none'}); the "
@@ -112,30 +112,28 @@ def read_inputs(args):
     return mdata, z, ids, cell_labels(mdata, args.label_key)
 
 
-def modality_embeddings(mdata, args, timings: dict) -> dict[str, np.ndarray]:
+def modality_embeddings(mdata, run: StepRun) -> dict[str, np.ndarray]:
     """RNA PCA and ATAC LSI, computed once: SEACells' inputs and the evaluation spaces."""
-    from coem import embed
+    from coem.tl import evaluation_embedding
 
-    start = time.perf_counter()
-    rna = mdata.mod["rna"][mdata.obs_names].X
-    atac = mdata.mod["atac"][mdata.obs_names].X
-    pcs, _ = embed.rna_pca(rna, n_hvg=args.n_hvg, n_pcs=args.n_pcs)
-    lsi, _ = embed.atac_lsi(atac, n_lsi=args.n_lsi, seed=args.seed)
-    timings["embeddings_s"] = round(time.perf_counter() - start, 3)
-    log.info("%s: RNA PCA %s and ATAC LSI %s in %.2f s", args.sample, pcs.shape, lsi.shape, timings["embeddings_s"])
+    args = run.args
+    with run.stage("embeddings") as stage:
+        pcs, _ = evaluation_embedding(mdata, "rna", n_hvg=args.n_hvg, n_pcs=args.n_pcs, random_state=args.seed)
+        lsi, _ = evaluation_embedding(mdata, "atac", n_lsi=args.n_lsi, random_state=args.seed)
+        stage.done(f"RNA PCA {pcs.shape} and ATAC LSI {lsi.shape}")
     return {"rna_pca": pcs, "atac_lsi": lsi}
 
 
-def diffusion_components(embeddings: dict, args, timings: dict) -> dict[str, np.ndarray]:
+def diffusion_components(embeddings: dict, run: StepRun) -> dict[str, np.ndarray]:
     """Diffusion components once per modality, shared by every method's metrics."""
-    start = time.perf_counter()
-    components = {
-        mod: metrics.diffusion_components(embeddings[key], n_components=args.n_components, knn=args.knn,
-                                          n_eigs=args.n_eigs, seed=args.seed)
-        for mod, key in (("rna", "rna_pca"), ("atac", "atac_lsi"))
-    }
-    timings["diffusion_s"] = round(time.perf_counter() - start, 3)
-    log.info("%s: diffusion components (RNA, ATAC) in %.2f s", args.sample, timings["diffusion_s"])
+    args = run.args
+    with run.stage("diffusion") as stage:
+        components = {
+            mod: metrics.diffusion_components(embeddings[key], n_components=args.n_components, knn=args.knn,
+                                              n_eigs=args.n_eigs, seed=args.seed)
+            for mod, key in (("rna", "rna_pca"), ("atac", "atac_lsi"))
+        }
+        stage.done("diffusion components (RNA, ATAC)")
     return components
 
 
@@ -228,7 +226,8 @@ def _params(args, methods, n_metacells) -> dict:
     return {"methods": methods, "n_metacells": n_metacells, **{key: getattr(args, key) for key in keys}}
 
 
-def write_outputs(prefix, args, comparison, runtime, assignments, details, record, process_name) -> None:
+def write_outputs(run: StepRun, comparison, runtime, assignments, details, record) -> None:
+    prefix, args = run.prefix, run.args
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     comparison.to_csv(f"{prefix}.method_comparison.tsv", sep="\t", na_rep="NA", float_format="%.6g")
     runtime.to_csv(f"{prefix}.runtime.tsv", sep="\t", na_rep="NA", float_format="%.6g")
@@ -236,7 +235,7 @@ def write_outputs(prefix, args, comparison, runtime, assignments, details, recor
     payload = {"sample": args.sample, "methods": details, "record": record}
     Path(f"{prefix}.method_comparison.json").write_text(json.dumps(strict_json(payload), indent=1))
     write_multiqc(prefix, args.sample, comparison, runtime)
-    write_versions_yml("versions.yml", process_name, extra=baselines.seacells_versions())
+    run.write_versions(extra=baselines.seacells_versions())
 
 
 # --------------------------------------------------------------------------- main
@@ -247,44 +246,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines._import_seacells()  # first: a light install (make install) has no SEACells; say how to add it
     _check_args(args)
     methods = parse_methods(args.methods, args.sample)
-    prefix = args.prefix or args.sample
-    timings: dict = {}
-
-    start = time.perf_counter()
-    mdata, z, coem_ids, labels = read_inputs(args)
+    run = StepRun(STEP, args, log)
+    mdata, z, coem_ids, labels = read_inputs(run)
     n_metacells = args.n_metacells or len(set(coem_ids))
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells, z %s, %d COEM metacells, labels %s in %.2f s", args.sample, mdata.n_obs, z.shape,
-             len(set(coem_ids)), "present" if labels is not None else "absent", timings["read_s"])
 
-    try:
-        embeddings = {**modality_embeddings(mdata, args, timings), "z": z}
-        components = diffusion_components(embeddings, args, timings)
-        if args.kernel == "seacells":
-            timings["seacells_warm_up_s"] = round(baselines.warm_up_seacells(args.seed), 3)
-            log.info("SEACells kernel warm-up (scanpy compilation, not billed) %.2f s", timings["seacells_warm_up_s"])
+    embeddings = {**modality_embeddings(mdata, run), "z": z}
+    components = diffusion_components(embeddings, run)
+    if args.kernel == "seacells":
+        run.timings["seacells_warm_up_s"] = round(baselines.warm_up_seacells(args.seed), 3)
+        log.info("SEACells kernel warm-up (scanpy compilation, not billed) %.2f s", run.timings["seacells_warm_up_s"])
+    with run.stage("methods") as stage:
         spectral = baselines.time_spectral(z, n_metacells, seed=args.seed, k=args.k)
         results = baselines.run_baselines(embeddings, methods, n_metacells, seed=args.seed, min_iter=args.min_iter,
                                           max_iter=args.max_iter, k=args.k, kernel=args.kernel)
-        start = time.perf_counter()
+        stage.done(f"{len(results) + 1} methods, {n_metacells} metacells each")
+    with run.stage("compare") as stage:
         comparison, details = baselines.compare(
             {baselines.COEM_METHOD: spectral, **results}, components, labels, mdata,
             assignments={baselines.COEM_METHOD: coem_ids},
             progress=lambda m, s: log.info("%s: scored %s (metrics, peak-to-gene) in %.2f s", args.sample, m, s),
             window=args.p2g_window, n_background=args.p2g_null, seed=args.seed)
-        timings["compare_s"] = round(time.perf_counter() - start, 3)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
+        stage.done("every method scored (metrics, peak-to-gene)")
     runtime = baselines.runtime_table(spectral, results.get("archetypal_z"), mdata.n_obs)
     for method, res in results.items():
-        timings[f"{method}_s"] = round(res.seconds, 3)
-    timings["spectral_s"] = round(spectral.seconds, 3)
+        run.timings[f"{method}_s"] = round(res.seconds, 3)
+    run.timings["spectral_s"] = round(spectral.seconds, 3)
 
-    start = time.perf_counter()
-    record = step_record(STEP, _params(args, methods, n_metacells), seed=args.seed, timings=timings,
-                         versions=software_versions(baselines.seacells_versions()))
-    write_outputs(prefix, args, comparison, runtime, assignments_table(mdata.obs_names, coem_ids, results), details,
-                  record, args.process_name or "COEM_BASELINES")
-    log.info("wrote %s.method_comparison.tsv, %s.runtime.tsv and reports in %.2f s", prefix, prefix,
-             time.perf_counter() - start)
+    record = run.record(_params(args, methods, n_metacells),
+                        versions=software_versions(baselines.seacells_versions()))
+    with run.stage("write") as stage:
+        write_outputs(run, comparison, runtime, assignments_table(mdata.obs_names, coem_ids, results), details,
+                      record)
+        stage.done(f"wrote {run.prefix}.method_comparison.tsv, {run.prefix}.runtime.tsv and reports")
     return 0

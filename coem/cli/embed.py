@@ -14,14 +14,11 @@ that looks like a good output.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Sequence
 
 from coem._logging import get_logger
-from coem.cli._common import base_parser, quiet_mudata, read_mudata, write_mudata_atomically  # noqa: F401 (re-exported)
+from coem.cli._common import StepRun, base_parser, params_of
 from coem.errors import CoemInputError
-from coem.provenance import record_step, write_versions_yml
 
 STEP = "embed"
 log = get_logger("coem.embed")
@@ -53,36 +50,21 @@ def _record_info(info: dict) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
-    prefix = args.prefix or args.sample
-    timings = {}
-
-    start = time.perf_counter()
-    mdata = read_mudata(args.input, args.sample, "pass the QC step's .h5mu with --input")
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells in %.2f s", args.sample, mdata.n_obs, timings["read_s"])
+    run = StepRun(STEP, args, log)
+    mdata = run.read("pass the QC step's .h5mu with --input")
 
     from coem.embed import pca_lsi_embedding  # the numerical stack loads after argument checks
 
-    start = time.perf_counter()
-    try:
+    with run.stage("embed") as stage:
         embedding, info = pca_lsi_embedding(mdata, n_hvg=args.n_hvg, n_pcs=args.n_pcs, n_lsi=args.n_lsi,
                                             seed=args.seed)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-    timings["embed_s"] = round(time.perf_counter() - start, 3)
-    log.info("%s: embedding %s (RNA PCA %d from %d HVGs, ATAC LSI %d, dropped LSI component %d, "
-             "depth r %.2f) in %.2f s", args.sample, embedding.shape, info["rna"]["n_pcs"], info["rna"]["n_hvg"],
-             info["atac"]["n_lsi"], info["atac"]["dropped_component"] + 1,
-             info["atac"]["depth_correlations"][info["atac"]["dropped_component"]], timings["embed_s"])
-
-    start = time.perf_counter()
+        rna, atac = info["rna"], info["atac"]
+        stage.done(f"embedding {embedding.shape} (RNA PCA {rna['n_pcs']} from {rna['n_hvg']} HVGs, ATAC LSI "
+                   f"{atac['n_lsi']}, dropped LSI component {atac['dropped_component'] + 1}, depth r "
+                   f"{atac['depth_correlations'][atac['dropped_component']]:.2f})")
     mdata.obsm["X_embedding"] = embedding
     mdata.obsm["X_pca"] = info["X_pca"]
     mdata.obsm["X_lsi"] = info["X_lsi"]
-    params = {"method": args.method, "n_hvg": args.n_hvg, "n_pcs": args.n_pcs, "n_lsi": args.n_lsi,
-              "input": args.input}
-    record_step(mdata, STEP, params, seed=args.seed, timings=timings, info=_record_info(info))
-    write_versions_yml("versions.yml", args.process_name or "COEM_EMBED")
-    write_mudata_atomically(mdata, Path(f"{prefix}.embed.h5mu"))
-    log.info("wrote %s.embed.h5mu in %.2f s", prefix, time.perf_counter() - start)
+    run.write_h5mu(mdata, "embed.h5mu", params_of(args, ("method", "n_hvg", "n_pcs", "n_lsi", "input")),
+                   info=_record_info(info))
     return 0

@@ -23,7 +23,6 @@ Outputs (``P`` = ``--prefix``, default the sample id):
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -32,9 +31,9 @@ import pandas as pd
 
 from coem import metrics, multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser
+from coem.cli._common import StepRun, base_parser
 from coem.errors import CoemInputError
-from coem.provenance import step_record, write_versions_yml
+from coem.tl import cell_labels
 
 STEP = "evaluate"
 MODALITIES = ("rna", "atac")
@@ -63,19 +62,6 @@ def build_parser():
 # --------------------------------------------------------------------------- input
 
 
-def read_input(path: str, sample: str):
-    """Read the MuData; a missing or unreadable file is the user's to fix."""
-    if not Path(path).is_file():
-        raise CoemInputError("input file not found; pass the metacells step's .h5mu with --input",
-                             sample=sample, file=path)
-    import mudata
-
-    try:
-        return mudata.read_h5mu(path)
-    except Exception as err:  # h5py/anndata raise many types for a bad file
-        raise CoemInputError(f"cannot read as MuData (.h5mu): {err}", sample=sample, file=path) from err
-
-
 def metacell_ids(mdata, key: str, sample: str, path: str) -> np.ndarray:
     """Every cell's metacell id (as str); missing column or unassigned cells are errors."""
     if key not in mdata.obs.columns:
@@ -90,50 +76,27 @@ def metacell_ids(mdata, key: str, sample: str, path: str) -> np.ndarray:
     return ids.astype(str).to_numpy()
 
 
-def cell_labels(mdata, key: str) -> np.ndarray | None:
-    """Cell labels for purity, or None when the column is absent or empty."""
-    if key not in mdata.obs.columns or mdata.obs[key].isna().all():
-        return None
-    labels = mdata.obs[key]
-    return np.where(labels.isna(), None, labels.astype(str)).astype(object)
-
-
-def modality_counts(mdata, mod: str):
-    """Raw counts of one modality with cells in ``mdata.obs_names`` order."""
-    adata = mdata.mod[mod]
-    if not adata.obs_names.equals(mdata.obs_names):
-        adata = adata[mdata.obs_names]
-    return adata.X
-
-
 # --------------------------------------------------------------------------- compute
 
 
-def embed_modality(mod: str, counts, args) -> tuple[np.ndarray, dict]:
-    """SEACells' evaluation embedding: RNA PCA or ATAC LSI (``coem.embed``)."""
-    from coem import embed
+def diffusion_per_modality(mdata, run: StepRun) -> tuple[dict, dict, dict]:
+    """SEACells' evaluation embedding (``coem.tl.evaluation_embedding``), then diffusion maps and
+    multiscale components, once per modality present; each a timed stage."""
+    from coem.tl import evaluation_embedding
 
-    if mod == "rna":
-        return embed.rna_pca(counts, n_hvg=args.n_hvg, n_pcs=args.n_pcs)
-    return embed.atac_lsi(counts, n_lsi=args.n_lsi, seed=args.seed)
-
-
-def diffusion_per_modality(mdata, args, timings: dict) -> tuple[dict, dict, dict]:
-    """Embedding, then diffusion maps and multiscale components, once per modality present."""
+    args = run.args
     components, eigenvalues, embed_info = {}, {}, {}
     for mod in (m for m in MODALITIES if m in mdata.mod):
-        start = time.perf_counter()
-        emb, info = embed_modality(mod, modality_counts(mdata, mod), args)
-        embed_info[mod] = {k: v for k, v in info.items() if k != "hvg_index"}
-        timings[f"embed_{mod}_s"] = round(time.perf_counter() - start, 3)
-        log.info("%s: %s embedding %s in %.2f s", args.sample, mod, emb.shape, timings[f"embed_{mod}_s"])
-        start = time.perf_counter()
-        vals, vecs = metrics.diffusion_maps(emb, n_components=args.n_components, knn=args.knn, seed=args.seed)
-        components[mod] = metrics.multiscale_space(vals, vecs, n_eigs=args.n_eigs)
-        eigenvalues[mod] = vals
-        timings[f"diffusion_{mod}_s"] = round(time.perf_counter() - start, 3)
-        log.info("%s: %s diffusion components %s in %.2f s", args.sample, mod, components[mod].shape,
-                 timings[f"diffusion_{mod}_s"])
+        with run.stage(f"embed_{mod}") as stage:
+            emb, info = evaluation_embedding(mdata, mod, n_hvg=args.n_hvg, n_pcs=args.n_pcs, n_lsi=args.n_lsi,
+                                             random_state=args.seed)
+            embed_info[mod] = {k: v for k, v in info.items() if k != "hvg_index"}
+            stage.done(f"{mod} embedding {emb.shape}")
+        with run.stage(f"diffusion_{mod}") as stage:
+            vals, vecs = metrics.diffusion_maps(emb, n_components=args.n_components, knn=args.knn, seed=args.seed)
+            components[mod] = metrics.multiscale_space(vals, vecs, n_eigs=args.n_eigs)
+            eigenvalues[mod] = vals
+            stage.done(f"{mod} diffusion components {components[mod].shape}")
     return components, eigenvalues, embed_info
 
 
@@ -234,7 +197,8 @@ def write_multiqc(prefix: str, sample: str, summary: dict, table: pd.DataFrame) 
     return paths
 
 
-def write_outputs(prefix: str, args, table, summary, components, eigenvalues, obs_names, process_name) -> None:
+def write_outputs(run: StepRun, table, summary, components, eigenvalues, obs_names) -> None:
+    prefix, args = run.prefix, run.args
     table.to_csv(f"{prefix}.evaluation.tsv", sep="\t", na_rep="NA")
     Path(f"{prefix}.evaluation_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=False))
     arrays = {"obs_names": np.asarray(obs_names, dtype=str)}
@@ -244,7 +208,7 @@ def write_outputs(prefix: str, args, table, summary, components, eigenvalues, ob
     arrays.update(knn=args.knn, n_components=args.n_components, n_eigs=args.n_eigs, seed=args.seed)
     np.savez_compressed(f"{prefix}.diffusion.npz", **arrays)
     write_multiqc(prefix, args.sample, summary, table)
-    write_versions_yml("versions.yml", process_name)
+    run.write_versions()
 
 
 def _params(args) -> dict:
@@ -255,50 +219,28 @@ def _params(args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prefix = args.prefix or args.sample
-    process_name = args.process_name or "COEM_EVALUATE"
-    timings: dict = {}
-
-    start = time.perf_counter()
-    mdata = read_input(args.input, args.sample)
+    run = StepRun(STEP, args, log)
+    mdata = run.read("pass the metacells step's .h5mu with --input")
     ids = metacell_ids(mdata, args.metacell_key, args.sample, args.input)
     labels = cell_labels(mdata, args.label_key)
     if not any(m in mdata.mod for m in MODALITIES):
         raise CoemInputError(f"no 'rna' or 'atac' modality (found: {', '.join(mdata.mod) or 'none'})",
                              sample=args.sample, file=args.input)
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells, %d metacells, labels %s in %.2f s", args.sample, mdata.n_obs,
-             len(set(ids)), "present" if labels is not None else "absent", timings["read_s"])
+    components, eigenvalues, embed_info = diffusion_per_modality(mdata, run)
+    with run.stage("metrics") as stage:
+        table, summary = metrics.evaluate_metacells(ids, components, labels)
+        stage.done(f"metrics of {len(table):,} metacells (labels {'present' if labels is not None else 'absent'})")
+    if args.dubious_permutations:
+        from coem import dubious
+        from coem.cli.aggregate import dubious_table
 
-    try:
-        components, eigenvalues, embed_info = diffusion_per_modality(mdata, args, timings)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-
-    start = time.perf_counter()
-    table, summary = metrics.evaluate_metacells(ids, components, labels)
-    timings["metrics_s"] = round(time.perf_counter() - start, 3)
-    log.info("%s: metrics of %d metacells in %.2f s", args.sample, len(table), timings["metrics_s"])
-
-    from coem import dubious
-    from coem.cli.aggregate import dubious_table
-
-    start = time.perf_counter()
-    try:
-        flags = dubious_table(mdata, args)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-    if flags is not None:
-        table = table.join(flags.rename(index=str))
-        summary["dubious"] = dubious.summary(flags)
-        timings["dubious_s"] = round(time.perf_counter() - start, 3)
-        log.info("%s: %d of %d metacells dubious in %.2f s", args.sample, summary["dubious"]["n_dubious"],
-                 len(flags), timings["dubious_s"])
-
-    summary = {"sample": args.sample, **summary, "embedding": embed_info,
-               "record": step_record(STEP, _params(args), seed=args.seed, timings=timings)}
-    start = time.perf_counter()
-    write_outputs(prefix, args, table, summary, components, eigenvalues, mdata.obs_names, process_name)
-    log.info("wrote %s.evaluation.tsv, summary, diffusion components and reports in %.2f s", prefix,
-             time.perf_counter() - start)
+        with run.stage("dubious") as stage:
+            flags = dubious_table(mdata, args)
+            table = table.join(flags.rename(index=str))
+            summary["dubious"] = dubious.summary(flags)
+            stage.done(f"{summary['dubious']['n_dubious']} of {len(flags)} metacells dubious")
+    summary = {"sample": args.sample, **summary, "embedding": embed_info, "record": run.record(_params(args))}
+    with run.stage("write") as stage:
+        write_outputs(run, table, summary, components, eigenvalues, mdata.obs_names)
+        stage.done(f"wrote {run.prefix}.evaluation.tsv, summary, diffusion components and reports")
     return 0

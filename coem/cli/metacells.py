@@ -18,7 +18,6 @@ Input: ``P.embed.h5mu`` (``obsm['X_embedding']`` from the embed or VAE step). Ou
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -26,11 +25,9 @@ import numpy as np
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser
-from coem.cli._common import read_mudata, write_mudata_atomically
+from coem.cli._common import StepRun, base_parser, params_of
 from coem.errors import CoemInputError
 from coem.metacells import COORDINATES, DIFFUSION_STEPS, EXACT_MAX_CELLS, MIN_SIZE_FRACTION
-from coem.provenance import record_step, write_versions_yml
 
 STEP = "metacells"
 log = get_logger("coem.metacells")
@@ -44,6 +41,10 @@ SUMMARY_HEADERS = {
     "singletons": {"title": "Singletons", "description": "metacells of a single cell", "format": "{:,.0f}"},
     "seconds": {"title": "Seconds", "description": "time of the metacell computation", "format": "{:,.1f}"},
 }
+
+
+PARAM_KEYS = ("n_metacells", "cells_per_metacell", "k", "exact_max_cells", "part_size", "neighbours", "coordinates",
+              "diffusion_steps", "min_size_fraction", "embedding_key", "input")
 
 
 def build_parser():
@@ -155,51 +156,34 @@ def write_multiqc(prefix: str, sample: str, row: dict, sizes) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
-    prefix = args.prefix or args.sample
-    timings = {}
-
-    start = time.perf_counter()
-    mdata = read_mudata(args.input, args.sample, "pass the embed step's .h5mu with --input")
+    run = StepRun(STEP, args, log)
+    mdata = run.read("pass the embed step's .h5mu with --input")
     X = _embedding(mdata, args.embedding_key, args.sample, args.input)
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells, embedding %s in %.2f s", args.sample, mdata.n_obs, X.shape, timings["read_s"])
 
     from coem.aggregate import metacell_table
     from coem.metacells import SpectralMetacells
 
-    start = time.perf_counter()
-    model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
-                              k=args.k, random_state=args.seed, exact_max_cells=args.exact_max_cells,
-                              part_size=args.part_size, neighbours=args.neighbours,
-                              diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction,
-                              coordinates=args.coordinates)
-    try:
-        model.fit(X)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-    timings["metacells_s"] = round(time.perf_counter() - start, 3)  # coem.metacells logs the stage
+    with run.stage("metacells") as stage:
+        model = SpectralMetacells(n_metacells=args.n_metacells, cells_per_metacell=args.cells_per_metacell,
+                                  k=args.k, random_state=args.seed, exact_max_cells=args.exact_max_cells,
+                                  part_size=args.part_size, neighbours=args.neighbours,
+                                  diffusion_steps=args.diffusion_steps, min_size_fraction=args.min_size_fraction,
+                                  coordinates=args.coordinates).fit(X)
+        stage.done(f"{model.summary_['n_metacells']:,} metacells of {X.shape[0]:,} cells ({model.strategy_})")
 
-    start = time.perf_counter()
-    mdata.obs["metacell"] = model.names_
-    labels = mdata.obs[args.label_key] if args.label_key in mdata.obs else None
-    table = metacell_table(mdata.obs["metacell"], labels)
-    table.to_csv(f"{prefix}.metacell_sizes.tsv", sep="\t", index_label="metacell")
-    row = summary_row(model.summary_, timings["metacells_s"])
-    write_multiqc(prefix, args.sample, row, table["size"].to_numpy())
+    with run.stage("reports"):
+        mdata.obs["metacell"] = model.names_
+        labels = mdata.obs[args.label_key] if args.label_key in mdata.obs else None
+        table = metacell_table(mdata.obs["metacell"], labels)
+        table.to_csv(f"{run.prefix}.metacell_sizes.tsv", sep="\t", index_label="metacell")
+        write_multiqc(run.prefix, args.sample, summary_row(model.summary_, run.timings["metacells_s"]),
+                      table["size"].to_numpy())
     if args.cells_2d:
-        t2d = time.perf_counter()
-        write_cells_2d(prefix, args.sample, X, model.names_, labels, args.seed)
-        timings["cells_2d_s"] = round(time.perf_counter() - t2d, 3)
-    params = {"n_metacells": args.n_metacells, "cells_per_metacell": args.cells_per_metacell, "k": args.k,
-              "exact_max_cells": args.exact_max_cells, "part_size": args.part_size, "neighbours": args.neighbours,
-              "coordinates": args.coordinates, "diffusion_steps": args.diffusion_steps,
-              "min_size_fraction": args.min_size_fraction,
-              "embedding_key": args.embedding_key, "input": args.input}
+        with run.stage("cells_2d"):
+            write_cells_2d(run.prefix, args.sample, X, model.names_, labels, args.seed)
     extra = {"n_parts": model.n_parts_, "part_size": model.part_size_, "n_moved": model.n_moved_} \
         if model.strategy_ == "partitioned" else {}
-    record_step(mdata, STEP, params, seed=args.seed, timings={**timings, **model.timings_}, summary=model.summary_,
-                strategy=model.strategy_, **extra)
-    write_versions_yml("versions.yml", args.process_name or "COEM_METACELLS")
-    write_mudata_atomically(mdata, Path(f"{prefix}.metacells.h5mu"))
-    log.info("wrote %s.metacells.h5mu, sizes and MultiQC content in %.2f s", prefix, time.perf_counter() - start)
+    run.timings.update(model.timings_)
+    run.write_h5mu(mdata, "metacells.h5mu", params_of(args, PARAM_KEYS), summary=model.summary_,
+                   strategy=model.strategy_, **extra)
     return 0

@@ -23,7 +23,6 @@ summary JSON instead of ``uns['coem']``.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -32,13 +31,13 @@ import pandas as pd
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser, read_mudata
+from coem.cli._common import StepRun, base_parser, params_of, read_mudata
 from coem.errors import CoemInputError
 from coem.link_truth import auprc, label_known
 from coem.peak2gene import (ALTERNATIVES, ANCHORS, DISTANCE_SCALE, FDR_THRESHOLD, METHODS, MIN_R, N_BACKGROUND,
                             NORMALISATIONS, NULL_MODELS, peak_to_gene, r_histogram, rank_score,
                             rebin_histogram, significant_links)
-from coem.provenance import step_record, strict_json, write_versions_yml
+from coem.provenance import strict_json
 
 STEP = "peak2gene"
 ANCHOR_WORDS = {"tss": "TSS", "gene_body": "gene body"}
@@ -169,23 +168,19 @@ def subsample_cells(mdata, max_cells: int, seed: int):
         return mudata.MuData({"rna": rna[shared].copy(), "atac": atac[shared].copy()})
 
 
-def _run(mdata, args, gc, what: str, file: str):
-    """peak_to_gene with the CLI's parameters; errors name the sample and file."""
-    start = time.perf_counter()
-    try:
+def _run(run: StepRun, name: str, mdata, gc, what: str, file: str):
+    """peak_to_gene with the CLI's parameters, as a timed stage; errors name the sample and file."""
+    args = run.args
+    with run.stage(name, file=file) as stage:
         links, summary = peak_to_gene(
             mdata, window=args.window, method=args.method, anchor=args.anchor, n_background=args.n_background,
             seed=args.seed, gc=gc, alternative=args.alternative, normalisation=args.normalisation, null=args.null,
             distance_scale=args.distance_scale, fdr=args.fdr, min_r=args.min_r)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=file) from err
-    seconds = round(time.perf_counter() - start, 3)
-    log.info("%s: %d pairs over %d genes across %d %s (%d skipped: constant), %d significant links "
-             "(FDR <= %g, r >= %g), median r %.3f vs background %.3f, in %.2f s",
-             args.sample, summary["n_pairs"], summary["n_genes"], summary["n_obs"], what,
-             summary["n_pairs_skipped_constant"], summary["n_significant"], args.fdr, args.min_r,
-             summary["median_r"], summary["background_median_r"], seconds)
-    return links, summary, seconds
+        stage.done(f"{summary['n_pairs']:,} pairs over {summary['n_genes']:,} genes across {summary['n_obs']:,} "
+                   f"{what} ({summary['n_pairs_skipped_constant']:,} skipped: constant), "
+                   f"{summary['n_significant']:,} significant links (FDR <= {args.fdr:g}, r >= {args.min_r:g}), "
+                   f"median r {summary['median_r']:.3f} vs background {summary['background_median_r']:.3f}")
+    return links, summary
 
 
 def to_bedpe(links: pd.DataFrame, genes_var: pd.DataFrame, peaks_var: pd.DataFrame) -> pd.DataFrame:
@@ -290,58 +285,50 @@ def truth_summary(links: pd.DataFrame, known: pd.DataFrame, significant: pd.Data
     }
 
 
+PARAM_KEYS = ("input", "cells", "max_cells", "window", "method", "anchor", "n_background", "alternative", "null",
+              "normalisation", "distance_scale", "fdr", "min_r", "fasta", "known_links")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prefix = args.prefix or args.sample
-    process_name = args.process_name or "COEM_PEAK2GENE"
     _check_args(args)
-    timings = {}
-
-    start = time.perf_counter()
-    mdata = _read(args.input, args.sample)
-    known = read_known_links(args.known_links, args.sample) if args.known_links else None
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d metacells, %d genes, %d peaks in %.2f s", args.input, mdata.mod["rna"].n_obs,
-             mdata.mod["rna"].n_vars, mdata.mod["atac"].n_vars, timings["read_s"])
+    run = StepRun(STEP, args, log)
+    with run.stage("read") as stage:
+        mdata = _read(args.input, args.sample)
+        known = read_known_links(args.known_links, args.sample) if args.known_links else None
+        stage.done(f"read {args.input}: {mdata.mod['rna'].n_obs:,} metacells, {mdata.mod['rna'].n_vars:,} genes, "
+                   f"{mdata.mod['atac'].n_vars:,} peaks")
     gc = None
     if args.fasta:
         from coem.genome import peak_gc
 
-        start = time.perf_counter()
-        try:
+        with run.stage("gc", file=args.fasta) as stage:
             gc = peak_gc(mdata.mod["atac"].var, args.fasta)
-        except CoemInputError as err:
-            raise err.with_context(sample=args.sample) from err
-        timings["gc_s"] = round(time.perf_counter() - start, 3)
-        log.info("GC content of %d peaks from %s in %.2f s (median %.3f)", len(gc), args.fasta, timings["gc_s"],
-                 float(np.nanmedian(gc)) if np.isfinite(gc).any() else float("nan"))
-    links, summary, timings["metacells_s"] = _run(mdata, args, gc, "metacells", args.input)
+            median = float(np.nanmedian(gc)) if np.isfinite(gc).any() else float("nan")
+            stage.done(f"GC content of {len(gc):,} peaks from {args.fasta} (median {median:.3f})")
+    links, summary = _run(run, "metacells", mdata, gc, "metacells", args.input)
     significant = significant_links(links, args.fdr, args.min_r)
     truth = truth_summary(links, known, significant) if known is not None else None
 
     cell_links = cells_summary = None
     if args.cells:
-        start = time.perf_counter()
-        cells = subsample_cells(_read(args.cells, args.sample), args.max_cells, args.seed)
-        timings["read_cells_s"] = round(time.perf_counter() - start, 3)
-        log.info("read %s: %d cells used (at most %d) in %.2f s", args.cells, cells.mod["rna"].n_obs,
-                 args.max_cells, timings["read_cells_s"])
-        cell_links, cells_summary, timings["single_cells_s"] = _run(cells, args, gc, "cells", args.cells)
+        with run.stage("read_cells", file=args.cells) as stage:
+            cells = subsample_cells(_read(args.cells, args.sample), args.max_cells, args.seed)
+            stage.done(f"read {args.cells}: {cells.mod['rna'].n_obs:,} cells used (at most {args.max_cells:,})")
+        cell_links, cells_summary = _run(run, "single_cells", cells, gc, "cells", args.cells)
 
-    start = time.perf_counter()
-    params = {k: getattr(args, k) for k in ("input", "cells", "max_cells", "window", "method", "anchor",
-                                            "n_background", "alternative", "null", "normalisation",
-                                            "distance_scale", "fdr", "min_r", "fasta", "known_links")}
-    record = step_record(STEP, params, seed=args.seed, timings=timings)
-    links.to_csv(f"{prefix}.peak2gene.tsv", sep="\t", index=False, float_format="%.6g")
-    significant.to_csv(f"{prefix}.peak2gene_significant.tsv", sep="\t", index=False, float_format="%.6g")
-    to_bedpe(significant, mdata.mod["rna"].var, mdata.mod["atac"].var).to_csv(
-        f"{prefix}.peak2gene_significant.bedpe", sep="\t", index=False, header=False)
-    out = {"sample": args.sample, "metacells": summary, "single_cells": cells_summary, "known_links": truth,
-           "record": record}
-    Path(f"{prefix}.peak2gene_summary.json").write_text(json.dumps(strict_json(out), indent=1, sort_keys=True))
-    write_multiqc(prefix, args.sample, links, summary, significant, cell_links, cells_summary, truth)
-    write_versions_yml("versions.yml", process_name)
-    log.info("wrote %s.peak2gene.tsv (%d pairs), %d significant links (.tsv, .bedpe) and reports in %.2f s",
-             prefix, len(links), len(significant), time.perf_counter() - start)
+    record = run.record(params_of(args, PARAM_KEYS))
+    with run.stage("write") as stage:
+        prefix = run.prefix
+        links.to_csv(f"{prefix}.peak2gene.tsv", sep="\t", index=False, float_format="%.6g")
+        significant.to_csv(f"{prefix}.peak2gene_significant.tsv", sep="\t", index=False, float_format="%.6g")
+        to_bedpe(significant, mdata.mod["rna"].var, mdata.mod["atac"].var).to_csv(
+            f"{prefix}.peak2gene_significant.bedpe", sep="\t", index=False, header=False)
+        out = {"sample": args.sample, "metacells": summary, "single_cells": cells_summary, "known_links": truth,
+               "record": record}
+        Path(f"{prefix}.peak2gene_summary.json").write_text(json.dumps(strict_json(out), indent=1, sort_keys=True))
+        write_multiqc(prefix, args.sample, links, summary, significant, cell_links, cells_summary, truth)
+        run.write_versions()
+        stage.done(f"wrote {prefix}.peak2gene.tsv ({len(links):,} pairs), {len(significant):,} significant links "
+                   "(.tsv, .bedpe) and reports")
     return 0

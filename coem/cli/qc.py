@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -28,9 +27,9 @@ import numpy as np
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser
+from coem.cli._common import StepRun, base_parser
 from coem.errors import CoemInputError
-from coem.provenance import record_step, write_versions_yml
+from coem.provenance import record_step
 from coem.qc import PER_CELL_THRESHOLDS, QC_MODES, AutoQC, QCThresholds, QCReport, apply_qc
 
 STEP = "qc"
@@ -230,46 +229,36 @@ def _summary_row(report: QCReport) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prefix = args.prefix or args.sample
-    process_name = args.process_name or "COEM_QC"
     row = _input_row(args)
     thresholds, rule, given = _thresholds(args)
-    timings = {}
+    run = StepRun(STEP, args, log, input_file=_input_files(row))
 
-    start = time.perf_counter()
     from coem.readers import read_sample  # imported here: reading pulls in the heavier I/O stack
 
-    mdata = read_sample(row, args.sample)
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells, %d genes, %d peaks in %.2f s", args.sample, mdata.n_obs,
-             mdata.mod["rna"].n_vars if "rna" in mdata.mod else 0,
-             mdata.mod["atac"].n_vars if "atac" in mdata.mod else 0, timings["read_s"])
-
+    with run.stage("read") as stage:
+        mdata = read_sample(row, args.sample)
+        stage.done(f"read {mdata.n_obs:,} cells, {mdata.mod['rna'].n_vars:,} genes, "
+                   f"{mdata.mod['atac'].n_vars:,} peaks")
     _check_gene_positions(mdata, args.sample, row)
-    start = time.perf_counter()
-    try:
-        filtered, report = apply_qc(mdata, thresholds, sample=args.sample, rule=rule, given=given)
-    except CoemInputError as err:  # name the input too: the operator fixes thresholds or that file
-        raise err.with_context(file=_input_files(row)) from err
-    except ValueError as err:  # a given threshold contradicts a derived one (e.g. a max below the derived min)
-        raise CoemInputError(f"invalid QC threshold: {err}", sample=args.sample, file=_input_files(row)) from err
-    timings["qc_s"] = round(time.perf_counter() - start, 3)
-    log.info("QC %s (%s thresholds: %s)", args.sample, report.mode,
-             ", ".join(f"{k}={v}" for k, v in report.thresholds.items() if k in PER_CELL_THRESHOLDS))
-    log.info("QC %s: %d of %d cells kept (%.1f%%), %d genes, %d peaks in %.2f s", args.sample,
-             report.cells_after, report.cells_before, report.pct_cells_kept, report.genes_after,
-             report.peaks_after, timings["qc_s"])
+    with run.stage("qc") as stage:
+        try:
+            filtered, report = apply_qc(mdata, thresholds, sample=args.sample, rule=rule, given=given)
+        except ValueError as err:  # a given threshold contradicts a derived one (e.g. a max below the derived min)
+            raise CoemInputError(f"invalid QC threshold: {err}") from err
+        cuts = ", ".join(f"{k}={v}" for k, v in report.thresholds.items() if k in PER_CELL_THRESHOLDS)
+        stage.done(f"{report.mode} thresholds ({cuts}): {report.cells_after:,} of {report.cells_before:,} cells "
+                   f"kept ({report.pct_cells_kept:.1f}%), {report.genes_after:,} genes, {report.peaks_after:,} peaks")
 
-    start = time.perf_counter()
     params = {**report.thresholds, "qc_mode": report.mode, "auto_rule": report.rule,
               "given": list(given), "inputs": row}
-    record_step(filtered, STEP, params, seed=args.seed, timings=timings, report=report.to_dict())
-    _write_outputs(prefix, args, filtered, report, process_name)
-    log.info("wrote %s.qc.h5mu and reports in %.2f s", prefix, time.perf_counter() - start)
+    with run.stage("write") as stage:
+        record_step(filtered, STEP, params, seed=args.seed, timings=run.timings, report=report.to_dict())
+        _write_outputs(run.prefix, args, filtered, report, run)
+        stage.done(f"wrote {run.prefix}.qc.h5mu and reports")
     return 0
 
 
-def _write_outputs(prefix: str, args, filtered, report: QCReport, process_name: str) -> None:
+def _write_outputs(prefix: str, args, filtered, report: QCReport, run: StepRun) -> None:
     """Write everything; the h5mu goes to a temporary name and is renamed only at the end."""
     final = Path(f"{prefix}.qc.h5mu")
     partial = Path(f"{prefix}.qc.h5mu.partial")
@@ -277,7 +266,7 @@ def _write_outputs(prefix: str, args, filtered, report: QCReport, process_name: 
         filtered.write(str(partial))
         Path(f"{prefix}.qc_summary.json").write_text(json.dumps(report.to_dict(), indent=1))
         write_multiqc(prefix, args.sample, report, filtered.obs, args.seed)
-        write_versions_yml("versions.yml", process_name)
+        run.write_versions()
         os.replace(partial, final)
     finally:
         if partial.exists():

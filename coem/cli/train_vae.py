@@ -20,7 +20,6 @@ file that looks like a good output.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -29,13 +28,13 @@ import scipy.sparse as sp
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import base_parser, read_mudata, write_mudata_atomically
+from coem.cli._common import StepRun, base_parser, params_of, read_mudata, write_mudata_atomically
 from coem.errors import CoemInputError
 from coem.model.likelihoods import LIKELIHOODS
 from coem.model.data import MAX_PEAK_FRACTION, N_PEAKS
 from coem.model.train import BATCH_SIZE
 from coem.model.vae import INPUT_TRANSFORMS
-from coem.provenance import record_json, step_record, strict_json, write_versions_yml
+from coem.provenance import record_json, strict_json
 
 STEP = "embed"
 METHOD = "vae"
@@ -289,48 +288,42 @@ def _params(args) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
-    prefix = args.prefix or args.sample
-    timings = {}
-
-    start = time.perf_counter()
-    source = read_input(args.input, args.backed, args.sample)
-    if not args.binarize_atac:
-        _check_integers(source.atac_values, "ATAC", args.sample, args.input)
-    timings["read_s"] = round(time.perf_counter() - start, 3)
-    log.info("read %s: %d cells, %d genes, %d peaks in %.2f s (%s)", args.sample, source.n_obs,
-             source.gene_names.size, source.peak_names.size, timings["read_s"],
-             "batches streamed from the file" if source.backed else "in memory")
+    run = StepRun(STEP, args, log, process="COEM_TRAIN_VAE")
+    with run.stage("read") as stage:
+        source = read_input(args.input, args.backed, args.sample)
+        if not args.binarize_atac:
+            _check_integers(source.atac_values, "ATAC", args.sample, args.input)
+        stage.done(f"read {source.n_obs:,} cells, {source.gene_names.size:,} genes, {source.peak_names.size:,} "
+                   f"peaks ({'batches streamed from the file' if source.backed else 'in memory'})")
 
     from coem.model import COEMVAE
 
-    vae = COEMVAE(**{key: getattr(args, key) for key in MODEL_KEYS}, random_state=args.seed,
-                  log_every=args.log_every)
-    try:
+    vae = COEMVAE(**params_of(args, MODEL_KEYS), random_state=args.seed, log_every=args.log_every)
+    with run.stage("vae") as stage:  # coem.model logs a line per epoch
         z = vae.fit_sources(source.rna, source.atac, source.gene_names, source.peak_names)
-    except CoemInputError as err:
-        raise err.with_context(sample=args.sample, file=args.input) from err
-    timings.update(vae.timings_)
+        stage.done(f"VAE trained on {vae.n_train_cells_:,} cells, z {z.shape}")
+    run.timings.update(vae.timings_)
     history = vae.history_
 
-    start = time.perf_counter()
     summary = _summary(history, args.seed)
-    record = step_record(STEP, _params(args), seed=args.seed, timings=timings, n_genes_used=len(vae.genes_),
-                         n_peaks_used=len(vae.peaks_), n_train_cells=vae.n_train_cells_,
-                         n_val_cells=vae.n_val_cells_, backed=source.backed,
-                         **{k: strict_json(v) for k, v in summary.items() if k != "seed"})
-    _write_outputs(prefix, args, source, z, record_json(record), vae, history, summary)
-    log.info("wrote %s.embed.h5mu, %s.vae.pt and reports in %.2f s", prefix, prefix, time.perf_counter() - start)
+    record = run.record(_params(args), n_genes_used=len(vae.genes_), n_peaks_used=len(vae.peaks_),
+                        n_train_cells=vae.n_train_cells_, n_val_cells=vae.n_val_cells_, backed=source.backed,
+                        **{k: strict_json(v) for k, v in summary.items() if k != "seed"})
+    with run.stage("write") as stage:
+        _write_outputs(run, source, z, record_json(record), vae, history, summary)
+        stage.done(f"wrote {run.prefix}.embed.h5mu, {run.prefix}.vae.pt and reports")
     return 0
 
 
-def _write_outputs(prefix, args, source, z, record, vae, history, summary) -> None:
+def _write_outputs(run: StepRun, source, z, record, vae, history, summary) -> None:
     """Everything but the h5mu first; the h5mu goes to a temporary name, renamed at the end."""
     import pandas as pd
 
+    prefix = run.prefix
     final = Path(f"{prefix}.embed.h5mu")
     final.parent.mkdir(parents=True, exist_ok=True)
     vae.save(f"{prefix}.vae.pt")
     pd.DataFrame(history["epochs"]).to_csv(f"{prefix}.vae_history.tsv", sep="\t", index=False)
-    write_multiqc(prefix, args.sample, history, summary)
-    write_versions_yml("versions.yml", args.process_name or "COEM_TRAIN_VAE")
+    write_multiqc(prefix, run.sample, history, summary)
+    run.write_versions()
     source.write(final, z, record)
