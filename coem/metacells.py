@@ -118,6 +118,31 @@ def resolve_n_metacells(n_cells: int, n_metacells: int | None = None, cells_per_
     return n_metacells
 
 
+MIN_METACELLS = 3  # fewer leaves nothing to correlate across in peak-to-gene, nor to evaluate
+
+
+def check_metacell_count(n_cells: int, n_metacells: int | None = None, cells_per_metacell: float | None = 75) -> int:
+    """The pipeline's metacell count, checked as soon as the cell count is known (right after QC):
+    at least ``MIN_METACELLS`` and at most the cells; the error names the parameter that set it."""
+    if n_metacells is not None:
+        source = f"--n_metacells {n_metacells}"
+        count = int(n_metacells)
+    else:
+        if cells_per_metacell is None or cells_per_metacell <= 0:
+            raise MetacellCountError(f"--cells_per_metacell must be positive, got {cells_per_metacell}")
+        count = int(round(n_cells / cells_per_metacell))
+        source = f"--cells_per_metacell {cells_per_metacell:g} ({n_cells:,} cells / {cells_per_metacell:g} = {count})"
+    if count < MIN_METACELLS:
+        fix = (f"raise --n_metacells to at least {MIN_METACELLS}" if n_metacells is not None else
+               f"lower --cells_per_metacell to at most {n_cells / MIN_METACELLS:g}, or set --n_metacells")
+        raise MetacellCountError(f"{source} gives {count} metacells; at least {MIN_METACELLS} are needed for "
+                                 f"peak-to-gene and evaluation: {fix}")
+    if count > n_cells:
+        raise MetacellCountError(f"{source} asks for {count:,} metacells but only {n_cells:,} cells are left after "
+                                 f"QC; lower --n_metacells to at most {n_cells:,} (or loosen QC)")
+    return count
+
+
 def allot(sizes, total: int) -> np.ndarray:
     """Split ``total`` over parts in proportion to ``sizes``: at least 1 and at most size each.
 

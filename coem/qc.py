@@ -499,3 +499,34 @@ def _carry_obs(source: md.MuData, target: md.MuData, cells: pd.Index) -> None:
         if str(column).startswith(prefixes) or column in METRICS:
             continue
         target.obs[column] = source.obs[column].reindex(cells)  # aligns on barcodes, keeps dtype
+
+
+# Warnings that mean data loss (shown at the end of the run and in the report's warnings section)
+
+MAX_BARCODE_LOSS = 0.05   # warn when the RNA/ATAC intersection drops more of a modality's barcodes
+MIN_LABEL_COVERAGE = 0.9  # warn when fewer cells than this carry a label (purity then rests on few)
+MIN_KEPT_FRACTION = 0.5   # warn when QC keeps fewer cells than this
+
+
+def data_loss_warnings(input_counts: dict, report: QCReport, labels: pd.Series | None = None) -> list[str]:
+    """Plain sentences for the losses an operator must know about: barcodes dropped by the RNA/ATAC
+    intersection (``input_counts``: ``coem.readers`` ``uns['coem_input']``), cells without a label,
+    and QC keeping a small share of the cells."""
+    found = []
+    shared = input_counts.get("shared_barcodes")
+    for mod in ("rna", "atac"):
+        total = input_counts.get(f"{mod}_barcodes")
+        if shared is not None and total and (total - shared) / total > MAX_BARCODE_LOSS:
+            found.append(f"{total - shared:,} of {total:,} {mod.upper()} barcodes ({100 * (total - shared) / total:.0f}%) "
+                         "have no partner in the other modality and were dropped (barcode intersection); check "
+                         "that both come from the same cells and name them alike")
+    if labels is not None and len(labels):
+        coverage = float(labels.notna().mean())
+        if coverage < MIN_LABEL_COVERAGE:
+            found.append(f"labels cover {100 * coverage:.0f}% of the cells ({int(labels.notna().sum()):,} of "
+                         f"{len(labels):,}); purity is computed on those only")
+    if report.cells_before and report.cells_after / report.cells_before < MIN_KEPT_FRACTION:
+        found.append(f"QC kept {report.pct_cells_kept:.0f}% of the cells ({report.cells_after:,} of "
+                     f"{report.cells_before:,}; {report.mode} thresholds); check the QC table, loosen the "
+                     "thresholds or try --qc_mode auto")
+    return found

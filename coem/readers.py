@@ -30,6 +30,9 @@ names were not parsed right or the genome is not what the pipeline expects.
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import io
 import re
 import time
 import warnings
@@ -91,7 +94,7 @@ def check_counts(matrix, modality: str, sample: str | None = None, file=None) ->
     if frac.any():
         raise CoemInputError(
             f"{where} holds non-integer values (e.g. {data[frac][0]:g}): it looks normalised; "
-            "give raw counts (for .h5ad, in X or layers['counts'])", sample, file,
+            "give raw counts (for .h5ad, in X, layers['counts'] or .raw)", sample, file,
         )
     X = sp.csr_matrix(X, dtype=np.float32)
     X.eliminate_zeros()
@@ -278,16 +281,20 @@ def assemble(
     obs: pd.DataFrame | None = None, extra_contigs: Iterable[str] = (), scaffolds: str = "keep",
 ) -> md.MuData:
     """Check counts, normalise features, intersect barcodes and build the MuData."""
-    rna = ad.AnnData(X=check_counts(_counts_of(rna), "rna", sample, file),
+    rna, atac = _with_counts(rna, "rna"), _with_counts(atac, "atac")
+    rna = ad.AnnData(X=check_counts(rna.X, "rna", sample, file),
                      obs=_str_index(rna.obs), var=gene_table(rna.var), uns=dict(rna.uns))
     peaks = peak_table(atac.var, sample, file)
     keep = check_peak_contigs(peaks["chrom"], extra_contigs, scaffolds, sample, file)
-    counts = _counts_of(atac)
+    counts = atac.X
     atac = ad.AnnData(X=check_counts(counts[:, keep] if not keep.all() else counts, "atac", sample, file),
                       obs=_str_index(atac.obs), var=peaks[keep], uns=dict(atac.uns))
     shared = shared_barcodes(rna.obs_names, atac.obs_names, sample, file)
     mods = {"rna": rna[shared].copy(), "atac": atac[shared].copy()}
     mdata = _quiet(md.MuData, mods)
+    # What the intersection cost, for the QC step's data-loss warnings (coem.qc.input_warnings).
+    mdata.uns["coem_input"] = {"rna_barcodes": int(rna.n_obs), "atac_barcodes": int(atac.n_obs),
+                               "shared_barcodes": int(len(shared))}
     if obs is not None and len(obs.columns):
         for col in obs.columns:
             mdata.obs[col] = obs[col].reindex(mdata.obs_names).to_numpy()
@@ -307,11 +314,21 @@ def _quiet(func, *args, **kwargs):
         return func(*args, **kwargs)
 
 
-def _counts_of(adata: ad.AnnData):
-    """Raw counts live in ``layers['counts']`` when present (X is then often normalised), else X."""
+def _with_counts(adata: ad.AnnData, modality: str) -> ad.AnnData:
+    """The AnnData whose X holds the raw counts: ``layers['counts']`` when present; else X, unless
+    X is normalised and ``.raw`` holds integers (scanpy's habit), then ``.raw`` with its var."""
     if "counts" in adata.layers:
-        return adata.layers["counts"]
-    return adata.X
+        return ad.AnnData(X=adata.layers["counts"], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
+    if adata.raw is not None and not _looks_integer(adata.X) and _looks_integer(adata.raw.X):
+        log.info("%s: X is normalised; the raw counts in .raw are used (%d features)", modality, adata.raw.n_vars)
+        return ad.AnnData(X=adata.raw.X, obs=adata.obs, var=adata.raw.var, uns=dict(adata.uns))
+    return adata
+
+
+def _looks_integer(matrix, n: int = 100_000) -> bool:
+    """Whether the first ``n`` stored values are whole numbers (a cheap test for raw counts)."""
+    values = matrix.data[:n] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:n]
+    return bool(np.issubdtype(values.dtype, np.number) and np.all(np.mod(values, 1) == 0))
 
 
 def _str_index(frame: pd.DataFrame) -> pd.DataFrame:
@@ -321,11 +338,83 @@ def _str_index(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
+# What a file is, from its internal layout (not its name)
+# ---------------------------------------------------------------------------------------------
+
+# kind -> (what it is, the samplesheet column(s) it belongs in)
+FILE_KINDS = {
+    "h5": ("a 10x cellranger-arc feature-barcode matrix (HDF5 with /matrix)", "'h5'"),
+    "h5mu": ("a MuData file (HDF5 with /mod)", "'h5mu'"),
+    "h5ad": ("an AnnData file (HDF5 with /X, /obs, /var)", "'rna' or 'atac' (one AnnData per modality)"),
+    "loom": ("a loom file (HDF5 with /matrix and /row_attrs)", ""),
+    "hdf5": ("an HDF5 file of another kind", ""),
+}
+_TEXT_KINDS = ((b"\x1f\x8b", "gzip-compressed data"), (b"PK\x03\x04", "a zip archive"),
+               (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"))
+
+
+def sniff_file_kind(path: str | Path) -> str | None:
+    """'h5', 'h5mu', 'h5ad', 'loom' or 'hdf5' for an HDF5 file, by its groups; None when the
+    file is not HDF5 or cannot be opened (the reader's own error then says why)."""
+    try:
+        if not h5py.is_hdf5(path):
+            return None
+        with h5py.File(path, "r") as handle:
+            keys = set(handle.keys())
+    except (OSError, ValueError):
+        return None
+    if "mod" in keys:
+        return "h5mu"
+    if "matrix" in keys:
+        return "loom" if "row_attrs" in keys else "h5"
+    if {"obs", "var"} <= keys:
+        return "h5ad"
+    return "hdf5"
+
+
+def _describe_non_hdf5(path: str | Path) -> str:
+    """'it starts like text: ...' / 'it is gzip-compressed data' / 'it is empty'."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head:
+        return "the file is empty (0 bytes)"
+    for magic, what in _TEXT_KINDS:
+        if head.startswith(magic):
+            return f"it is {what}"
+    try:
+        first_line = head.decode("utf-8").splitlines()[0][:40]
+        return f"it starts like text: {first_line!r}"
+    except (UnicodeDecodeError, IndexError):
+        return "it is binary data of an unknown kind"
+
+
+def expect_file_kind(path: str | Path, expected: str, sample: str | None = None, reading: str = "") -> None:
+    """Fail with the right samplesheet column when a readable HDF5 file is of another kind than
+    ``expected``; say what a non-HDF5 file looks like. Unreadable HDF5 passes (its reader says why)."""
+    if not Path(path).is_file():
+        raise CoemInputError("input file not found", sample, path)
+    kind = sniff_file_kind(path)
+    want, _ = FILE_KINDS[expected]
+    if kind is None and not h5py.is_hdf5(path):
+        raise CoemInputError(f"cannot read the file as HDF5{reading}: not an HDF5 file (file signature not "
+                             f"found): {_describe_non_hdf5(path)}; expected {want}", sample, path)
+    if kind is None or kind == expected or kind == "hdf5":
+        return  # an HDF5 file of no known kind: the reader names what is missing
+    what, column = FILE_KINDS[kind]
+    if kind == "loom":
+        raise CoemInputError(f"this is {what}, not {want}; convert it first, e.g. anndata.read_loom(path)"
+                             ".write_h5ad(...) per modality, and use the 'rna' and 'atac' columns", sample, path)
+    raise CoemInputError(f"this is {what}, not {want}; in the samplesheet it belongs in the {column} column",
+                         sample, path)
+
+
+# ---------------------------------------------------------------------------------------------
 # 10x cellranger-arc h5
 # ---------------------------------------------------------------------------------------------
 
 def read_10x_h5(path: str | Path, sample: str | None = None, **options) -> md.MuData:
     """Read a cellranger-arc ``filtered_feature_bc_matrix.h5`` (features x cells, CSC)."""
+    expect_file_kind(path, "h5", sample)
     try:
         with h5py.File(path, "r") as handle:
             if "matrix" not in handle:
@@ -456,6 +545,7 @@ def _genome(var: pd.DataFrame, genome: str | None) -> np.ndarray:
 
 def read_h5mu(path: str | Path, sample: str | None = None, **options) -> md.MuData:
     """Read a MuData file; modalities may be called rna/RNA/gex and atac/ATAC/peaks."""
+    expect_file_kind(path, "h5mu", sample, " (.h5mu)")
     try:
         with warnings.catch_warnings():  # older MuData layouts read fine but warn at length
             warnings.simplefilter("ignore", UserWarning)
@@ -489,6 +579,7 @@ def read_anndata_pair(rna_path: str | Path, atac_path: str | Path, sample: str |
 
 
 def _read_h5ad(path, sample) -> ad.AnnData:
+    expect_file_kind(path, "h5ad", sample, " (.h5ad)")
     try:
         return ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as err:
@@ -554,12 +645,36 @@ def match_chrom_style(chroms: pd.Series, reference: pd.Series) -> np.ndarray:
     return chroms.to_numpy(dtype=object)
 
 
+def decode_text(path: str | Path) -> str:
+    """A small text file's content whatever wrote it: UTF-8 (with or without BOM), UTF-16 with a
+    BOM (Excel's 'Unicode text'), else Windows-1252 (Excel's CSV on Western Windows); gzip too."""
+    data = Path(path).read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if data.startswith(codecs.BOM_UTF8):
+        return data[len(codecs.BOM_UTF8):].decode("utf-8")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _separator(text: str) -> str:
+    """Comma, tab or semicolon (Excel's CSV where the comma is the decimal mark), by the first line."""
+    first = text.split("\n", 1)[0]
+    counts = {sep: first.count(sep) for sep in (",", "\t", ";")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
 def read_labels(path: str | Path, sample: str | None = None) -> pd.Series:
     """Labels file (CSV or TSV, ``barcode,label``, header optional) -> Series indexed by barcode."""
-    sep = "\t" if str(path).lower().endswith((".tsv", ".tsv.gz")) else ","
     try:
-        table = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        text = decode_text(path)
+        table = pd.read_csv(io.StringIO(text), sep=_separator(text), header=None, dtype=str, keep_default_na=False)
+    except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise CoemInputError(f"cannot read the labels file: {err}", sample, path) from err
     if table.shape[1] < 2:
         raise CoemInputError("the labels file needs two columns: barcode,label", sample, path)
@@ -600,24 +715,54 @@ def attach_labels(mdata: md.MuData, labels, sample: str | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def read_sample(row, sample: str | None = None, **options) -> md.MuData:
-    """Read the row's input (h5 / h5mu / rna+atac), then attach its annotation and labels."""
+    """Read the row's input (h5 / h5mu / rna+atac), then attach its annotation and labels.
+
+    Any failure while reading becomes one ``CoemInputError`` naming the sample and the file,
+    whatever the library underneath raised (no traceback reaches the user).
+    """
     get = (lambda k: getattr(row, k, "")) if not isinstance(row, Mapping) else (lambda k: row.get(k) or "")
     sample = sample or get("sample") or None
     start = time.perf_counter()
     if get("h5"):
-        mdata = read_10x_h5(get("h5"), sample, **options)
+        read, file = (lambda: read_10x_h5(get("h5"), sample, **options)), get("h5")
     elif get("h5mu"):
-        mdata = read_h5mu(get("h5mu"), sample, **options)
+        read, file = (lambda: read_h5mu(get("h5mu"), sample, **options)), get("h5mu")
     elif get("rna") and get("atac"):
-        mdata = read_anndata_pair(get("rna"), get("atac"), sample, **options)
+        read, file = (lambda: read_anndata_pair(get("rna"), get("atac"), sample, **options)), \
+            f"{get('rna')} + {get('atac')}"
     else:
         raise CoemInputError("the samplesheet row has no input (h5, h5mu or rna+atac)", sample)
+    mdata = explained(read, "cannot read this input", sample, file)
     log.info("read %d cells, %d genes, %d peaks in %.1f s", mdata.n_obs, mdata.mod["rna"].n_vars,
              mdata.mod["atac"].n_vars, time.perf_counter() - start)
     if get("annotation"):
         start = time.perf_counter()
-        attach_annotation(mdata, get("annotation"), sample)
+        explained(lambda: attach_annotation(mdata, get("annotation"), sample), "cannot read the annotation",
+                  sample, get("annotation"))
         log.info("annotation attached in %.1f s", time.perf_counter() - start)
     if get("labels"):
-        attach_labels(mdata, get("labels"), sample)
+        explained(lambda: attach_labels(mdata, get("labels"), sample), "cannot read the labels file", sample,
+                  get("labels"))
     return mdata
+
+
+def explained(action, what: str, sample: str | None, file: str):
+    """``action()``; an unexpected exception (a library's, not ours) becomes a CoemInputError that
+    names the sample, the file and the exception. Memory errors and interrupts pass through."""
+    try:
+        return action()
+    except (CoemInputError, MemoryError, KeyboardInterrupt):
+        raise
+    except OSError as err:
+        if is_disk_error(err):
+            raise
+        raise CoemInputError(f"{what}: {type(err).__name__}: {err}", sample, file) from err
+    except Exception as err:
+        raise CoemInputError(f"{what}: {type(err).__name__}: {err}", sample, file) from err
+
+
+def is_disk_error(err: OSError) -> bool:
+    """No space, quota or read-only file system: the machine's problem, not the input's."""
+    import errno
+
+    return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -13,6 +14,7 @@ from typing import Callable, Sequence
 from coem.errors import CoemInputError
 
 EXIT_INPUT_ERROR = 2
+EXIT_SYSTEM_ERROR = 1  # a full disk or unwritable folder: not the sample's fault, so not isolated
 
 # Under Nextflow each task exports these (modules/local/*/main.nf). A bad-input error is then
 # written to COEM_FAILURE_FILE and the task ends with exit 0 and no other output, so that the
@@ -37,6 +39,45 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             Path(failure_file).write_text(line + "\n", encoding="utf-8")
             return 0
         return EXIT_INPUT_ERROR
+    except Exception as err:  # a full disk or unwritable folder is one line too; anything else is a bug
+        problem = disk_problem(err)
+        if problem is None:
+            raise
+        sample = _sample_from(argv if argv is not None else sys.argv[1:])
+        print(f"ERROR: {sample}{problem}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
+
+
+def disk_problem(err: BaseException) -> str | None:
+    """One sentence when ``err`` (or an error it wraps: h5py and anndata re-raise) is a full disk,
+    an exceeded quota, a read-only file system or a folder we may not write to; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            code, text = err.errno, str(err)
+            where = f" writing '{err.filename}'" if err.filename else ""
+            if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno = 28" in text:
+                return (f"no space left on the device{where}; free space, or point Nextflow's work directory "
+                        "(-work-dir) and --outdir at a disk with room, then rerun with -resume")
+            if code == errno.EROFS:
+                return f"the file system is read-only{where}; run from (or -work-dir on) a writable disk"
+            if code in (errno.EACCES, errno.EPERM):
+                return (f"permission denied{where}; the folder is not writable by this user: check its "
+                        "permissions, or choose another --outdir / -work-dir")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _sample_from(argv: Sequence[str]) -> str:
+    """``sample 'S1': `` from ``--sample S1`` in the arguments (empty when absent)."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--sample" and i + 1 < len(argv):
+            return f"sample '{argv[i + 1]}': "
+        if arg.startswith("--sample="):
+            return f"sample '{arg.split('=', 1)[1]}': "
+    return ""
 
 
 def _remove_task_outputs(keep: str) -> None:

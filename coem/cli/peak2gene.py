@@ -31,7 +31,7 @@ import pandas as pd
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import StepRun, base_parser, params_of, read_mudata
+from coem.cli._common import StepRun, base_parser, params_of, read_mudata, warn_user
 from coem.errors import CoemInputError
 from coem.link_truth import auprc, label_known
 from coem.peak2gene import (ALTERNATIVES, ANCHORS, DISTANCE_SCALE, FDR_THRESHOLD, METHODS, MIN_R, N_BACKGROUND,
@@ -40,6 +40,9 @@ from coem.peak2gene import (ALTERNATIVES, ANCHORS, DISTANCE_SCALE, FDR_THRESHOLD
 from coem.provenance import strict_json
 
 STEP = "peak2gene"
+# Below this many metacells a link needs r above about 0.31 just to reach p 0.05 one-sided (Student's t),
+# before the FDR over thousands of pairs: the run warns that links are underpowered.
+FEW_METACELLS = 30
 ANCHOR_WORDS = {"tss": "TSS", "gene_body": "gene body"}
 R_BINS = 40
 DISTANCE_BINS = 20
@@ -307,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             median = float(np.nanmedian(gc)) if np.isfinite(gc).any() else float("nan")
             stage.done(f"GC content of {len(gc):,} peaks from {args.fasta} (median {median:.3f})")
     links, summary = _run(run, "metacells", mdata, gc, "metacells", args.input)
+    if summary["n_obs"] < FEW_METACELLS:
+        warn_user(f"peak-to-gene ran on {summary['n_obs']} metacells: correlations over so few have little power "
+                  f"({summary['n_significant']:,} significant links); more cells, or a smaller --cells_per_metacell, "
+                  "give more", args.sample, STEP)
     significant = significant_links(links, args.fdr, args.min_r)
     truth = truth_summary(links, known, significant) if known is not None else None
 

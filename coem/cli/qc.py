@@ -27,10 +27,10 @@ import numpy as np
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import StepRun, base_parser
+from coem.cli._common import StepRun, base_parser, warn_user
 from coem.errors import CoemInputError
 from coem.provenance import record_step
-from coem.qc import PER_CELL_THRESHOLDS, QC_MODES, AutoQC, QCThresholds, QCReport, apply_qc
+from coem.qc import PER_CELL_THRESHOLDS, QC_MODES, AutoQC, QCThresholds, QCReport, apply_qc, data_loss_warnings
 
 STEP = "qc"
 MAX_BOX_CELLS = 2000
@@ -107,6 +107,11 @@ def build_parser():
             help=f"{text} (default: {'derived in auto mode, ' if per_cell else ''}"
                  f"{getattr(defaults, name)}{' in fixed mode' if per_cell else ''})",
         )
+    count = parser.add_argument_group("the metacell count, checked right after QC (as the metacells step will "
+                                      "make it), so a sample with too few cells fails before the expensive steps")
+    count.add_argument("--n-metacells", type=int, default=None, help="exact metacell count the pipeline asks for")
+    count.add_argument("--cells-per-metacell", type=float, default=None,
+                       help="metacells = round(cells after QC / this)")
     return parser
 
 
@@ -249,6 +254,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage.done(f"{report.mode} thresholds ({cuts}): {report.cells_after:,} of {report.cells_before:,} cells "
                    f"kept ({report.pct_cells_kept:.1f}%), {report.genes_after:,} genes, {report.peaks_after:,} peaks")
 
+    if args.n_metacells is not None or args.cells_per_metacell is not None:
+        from coem.metacells import check_metacell_count  # fail now, not after the VAE
+
+        with run.stage("metacell_count") as stage:
+            n = check_metacell_count(report.cells_after, args.n_metacells, args.cells_per_metacell)
+            stage.done(f"{n:,} metacells will be made of {report.cells_after:,} cells")
+    labels = filtered.obs["label"] if "label" in filtered.obs else None
+    for message in data_loss_warnings(mdata.uns.get("coem_input", {}), report, labels):
+        warn_user(message, args.sample, STEP)
     params = {**report.thresholds, "qc_mode": report.mode, "auto_rule": report.rule,
               "given": list(given), "inputs": row}
     with run.stage("write") as stage:

@@ -176,7 +176,8 @@ def _truncated(kind):
 
 
 CORRUPT = {
-    "not_hdf5": (_not_hdf5, ["cannot read the file as HDF5", "file signature not found"]),
+    "not_hdf5": (_not_hdf5, ["cannot read the file as HDF5", "file signature not found",
+                             "it starts like text: 'barcode,gene,count'", "expected a 10x cellranger-arc"]),
     "truncated_h5": (_truncated("h5"), ["cannot read the file as HDF5", "truncated file"]),
     "truncated_h5ad": (_truncated("rna"), ["cannot read the file as AnnData (.h5ad)", "truncated file"]),
     "truncated_h5mu": (_truncated("h5mu"), ["cannot read the file as MuData (.h5mu)", "truncated file"]),
@@ -189,6 +190,81 @@ def test_corrupt_input_file(case, good, bad, out, capsys):
     args, file = make(good, bad)
     rc, message = run_step("qc", qc_args(*args), capsys)
     assert_rejected(rc, message, out, file, phrases)
+
+
+WRONG_COLUMN = {
+    # case: (samplesheet column the file was put in, good file used, phrases)
+    "h5mu_in_h5": ("h5", "h5mu", ["this is a MuData file (HDF5 with /mod), not a 10x cellranger-arc",
+                                   "it belongs in the 'h5mu' column"]),
+    "h5ad_in_h5": ("h5", "rna", ["this is an AnnData file (HDF5 with /X, /obs, /var)",
+                                 "it belongs in the 'rna' or 'atac' (one AnnData per modality) column"]),
+    "h5_in_h5mu": ("h5mu", "h5", ["this is a 10x cellranger-arc feature-barcode matrix (HDF5 with /matrix), "
+                                  "not a MuData file", "it belongs in the 'h5' column"]),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_COLUMN))
+def test_file_in_the_wrong_column(case, good, bad, out, capsys):
+    """The file kind is recognised from its layout, whatever its name, and the right column named."""
+    column, kind, phrases = WRONG_COLUMN[case]
+    path = bad / f"input.{column}"  # the extension the column expects: only the content tells
+    path.write_bytes(good[kind].read_bytes())
+    rc, message = run_step("qc", qc_args(f"--{column}", path), capsys)
+    assert_rejected(rc, message, out, path, phrases)
+
+
+def test_empty_input_file(bad, out, capsys):
+    path = bad / "sample.h5"
+    path.write_bytes(b"")
+    rc, message = run_step("qc", qc_args("--h5", path), capsys)
+    assert_rejected(rc, message, out, path, ["not an HDF5 file", "the file is empty (0 bytes)"])
+
+
+def test_unexpected_library_error_is_one_line(sim, bad, out, capsys):
+    """A layout our checks do not foresee still ends in one ERROR line, not a traceback."""
+    import h5py
+
+    from coem.readers import write_10x_h5
+
+    path = write_10x_h5(sim, bad / "odd.h5")
+    with h5py.File(path, "r+") as handle:
+        del handle["matrix/shape"]
+        handle["matrix/shape"] = np.array([b"many", b"few"])  # strings where two integers belong
+    rc, message = run_step("qc", qc_args("--h5", path), capsys, via_bin=True)
+    assert_rejected(rc, message, out, path, ["cannot read this input: ValueError"])
+    assert "Traceback" not in message and message.count("\n") <= 1
+
+
+def test_full_disk_is_one_line(good, out, capsys):
+    """Writing to /dev/full fails with ENOSPC, as a full disk does."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system to stand for a full disk")
+    (out / f"{SAMPLE}.qc.h5mu.partial").symlink_to("/dev/full")
+    rc, message = run_step("qc", qc_args("--h5mu", good["h5mu"]), capsys, via_bin=True)
+    assert rc == 1, message
+    assert message.startswith(f"ERROR: sample '{SAMPLE}': no space left on the device"), message
+    assert "-work-dir" in message and "Traceback" not in message and message.count("\n") <= 1
+    assert not (out / f"{SAMPLE}.qc.h5mu").exists()
+
+
+METACELL_COUNTS = {
+    "one_metacell": (["--n-metacells", "1"], "--n_metacells 1 gives 1 metacells; at least 3 are needed",
+                     "raise --n_metacells to at least 3"),
+    "cells_per_metacell_too_big": (["--cells-per-metacell", "100"],
+                                   "--cells_per_metacell 100 (60 cells / 100 = 1) gives 1 metacells",
+                                   "lower --cells_per_metacell to at most 20"),
+    "more_than_cells": (["--n-metacells", "500"], "--n_metacells 500 asks for 500 metacells but only 60 cells "
+                        "are left after QC", "lower --n_metacells to at most 60"),
+}
+
+
+@pytest.mark.parametrize("case", list(METACELL_COUNTS))
+def test_metacell_count_checked_right_after_qc(case, good, out, capsys):
+    """Fails at QC, naming the parameter, before the embedding and metacell steps run."""
+    extra, problem, fix = METACELL_COUNTS[case]
+    rc, message = run_step("qc", qc_args("--h5mu", good["h5mu"], "--min-rna-counts", "0", "--min-genes", "0",
+                                         "--min-atac-counts", "0", "--min-peaks", "0", *extra), capsys)
+    assert_rejected(rc, message, out, good["h5mu"], [problem, fix])
 
 
 def test_barcodes_not_shared(sim, good, bad, out, capsys):

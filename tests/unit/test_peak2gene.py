@@ -544,7 +544,11 @@ def test_cli_gc_from_fasta(tmp_path, monkeypatch):
     genome = "".join(rng.choice(list("ACGT"), 130_000))
     (tmp_path / "genome.fa").write_text(">chr1\n" + genome + "\n>chr2\n" + genome[::-1] + "\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COEM_WARNINGS_FILE", str(tmp_path / "coem_warnings.txt"))
     assert main(["--sample", "S1", "--input", "S1.aggregated.h5mu", "--fasta", "genome.fa", "--n-background", "5"]) == 0
+    sample, step, message = (tmp_path / "coem_warnings.txt").read_text().rstrip("\n").split("\t")
+    assert (sample, step) == ("S1", "peak2gene")  # 12 metacells: the end-of-run summary says links are weak
+    assert message.startswith("peak-to-gene ran on 12 metacells: correlations over so few have little power")
     summary = json.loads(Path("S1.peak2gene_summary.json").read_text())
     assert summary["metacells"]["gc_matched"] is True and summary["record"]["timings"]["gc_s"] >= 0
     from coem.cli._common import run_cli

@@ -549,3 +549,41 @@ def test_scicar_qc_binary_atac_and_labels_carried():
     assert (report.cells_before, report.cells_after) == (2641, 2274)
     assert report.genes_after == 1185 and report.peaks_after == 51197
     assert filtered.obs["dex_time_h"].value_counts().to_dict() == {"3": 898, "1": 873, "0": 503}
+
+
+def test_data_losses_become_warnings_for_the_end_of_run_summary(tmp_path, monkeypatch):
+    """Barcodes dropped by the intersection, few labelled cells and a small share kept by QC are
+    each one warning line (sample, step, sentence) in $COEM_WARNINGS_FILE; a clean sample has none."""
+    from coem.cli.qc import main
+    from coem.simulate import simulate_multiome
+
+    sim = simulate_multiome(n_cells=200, n_genes=80, n_peaks=300, seed=3).mdata
+    rna, atac = sim.mod["rna"].copy(), sim.mod["atac"][:140].copy()  # 30% of RNA barcodes have no ATAC partner
+    rna.write_h5ad(tmp_path / "rna.h5ad")
+    atac.write_h5ad(tmp_path / "atac.h5ad")
+    labelled = sim.obs_names[:14]  # 10% of the 140 shared cells
+    pd.DataFrame({"barcode": labelled, "label": "T"}).to_csv(tmp_path / "labels.csv", index=False)
+    warnings_file = tmp_path / "coem_warnings.txt"
+    monkeypatch.setenv("COEM_WARNINGS_FILE", str(warnings_file))
+    monkeypatch.chdir(tmp_path)
+    median = float(np.median(np.asarray(rna[:140].X.sum(axis=1)).ravel()))
+    args = ["--sample", "S1", "--rna", "rna.h5ad", "--atac", "atac.h5ad", "--labels", "labels.csv",
+            "--qc-mode", "fixed", "--min-rna-counts", str(int(median * 1.3)), "--min-genes", "0",
+            "--min-atac-counts", "0", "--min-peaks", "0", "--min-cells", "3"]
+    assert main(args) == 0
+    lines = [line.split("\t") for line in warnings_file.read_text().splitlines()]
+    assert all(sample == "S1" and step == "qc" for sample, step, _ in lines)
+    text = "\n".join(message for *_, message in lines)
+    assert "60 of 200 RNA barcodes (30%) have no partner in the other modality" in text
+    out = md.read_h5mu("S1.qc.h5mu")  # coverage among the cells kept, the ones purity is computed on
+    n_labelled = int(out.obs["label"].notna().sum())
+    assert 0 < n_labelled < 0.9 * out.n_obs
+    assert f"labels cover {100 * n_labelled / out.n_obs:.0f}% of the cells ({n_labelled} of {out.n_obs})" in text
+    kept = json.loads(Path("S1.qc_summary.json").read_text())["cells_after"]
+    assert kept < 70 and f"QC kept {100 * kept / 140:.0f}% of the cells ({kept} of 140" in text
+    assert len(lines) == 3
+
+    warnings_file.unlink()
+    sim.write(str(tmp_path / "clean.h5mu"))
+    assert main(["--sample", "S2", "--h5mu", "clean.h5mu"]) == 0
+    assert not warnings_file.exists()

@@ -125,6 +125,19 @@ def test_counts_layer_preferred_over_normalised_x(tmp_path: Path):
     np.testing.assert_array_equal(mdata.mod["rna"].X.toarray(), rna.layers["counts"].toarray())
 
 
+def test_counts_in_raw_when_x_is_normalised(tmp_path: Path, reader_log):
+    """scanpy's habit: X log-normalised on HVGs only, raw counts of all genes in .raw."""
+    rna, atac = pair()
+    counts = rna.X.toarray()
+    rna.raw = rna.copy()
+    rna = rna[:, :5].copy()  # X keeps 5 of the 8 genes ...
+    rna.X = sp.csr_matrix(np.log1p(rna.X.toarray()))  # ... normalised
+    mdata = readers.read_anndata_pair(*write_pair(tmp_path, rna, atac))
+    assert mdata.mod["rna"].n_vars == len(GENES)  # all of .raw's genes
+    np.testing.assert_array_equal(mdata.mod["rna"].X.toarray(), counts)
+    assert "X is normalised; the raw counts in .raw are used (8 features)" in reader_log.text
+
+
 def test_barcodes_intersected_in_rna_order(tmp_path: Path, reader_log):
     rna, _ = pair(30)
     atac_cells = [f"BC{i:03d}-1" for i in range(29, 4, -1)] + ["OTHER-1", "OTHER-2"]  # 25 shared, reversed
@@ -326,6 +339,28 @@ def test_attach_labels_partial_and_header(tmp_path: Path, reader_log):
     assert stats == {"cells": 30, "labelled": 20, "labels_not_in_data": 1}
     assert mdata.obs["label"].iloc[:3].tolist() == ["B", "T", "B"] and mdata.obs["label"].iloc[20:].isna().all()
     assert "20 of 30 cells labelled; 1 label rows" in reader_log.text
+
+
+LABEL_ENCODINGS = {
+    # case: (bytes of the file, how a user's tool wrote it)
+    "utf8_bom": ("\ufeffbarcode,label\nBC000-1,Zellen Typ Ä\nBC001-1,T cell\n".encode("utf-8")),
+    "utf16_excel_unicode_text": ("barcode\tlabel\nBC000-1\tZellen Typ Ä\nBC001-1\tT cell\n".encode("utf-16")),
+    "cp1252_excel_csv": ("barcode;label\nBC000-1;Zellen Typ Ä\nBC001-1;T cell\n".encode("cp1252")),
+    "utf8_plain_gzip": None,  # filled below: gzip of UTF-8
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_ENCODINGS))
+def test_labels_in_the_encodings_spreadsheets_write(case, tmp_path: Path):
+    import gzip
+
+    data = LABEL_ENCODINGS[case]
+    if data is None:
+        data = gzip.compress("barcode,label\nBC000-1,Zellen Typ Ä\nBC001-1,T cell\n".encode("utf-8"))
+    path = tmp_path / ("labels.csv.gz" if case.endswith("gzip") else "labels.csv")
+    path.write_bytes(data)
+    labels = readers.read_labels(path, "S1")
+    assert labels.to_dict() == {"BC000-1": "Zellen Typ Ä", "BC001-1": "T cell"}
 
 
 def test_attach_labels_errors(tmp_path: Path):
