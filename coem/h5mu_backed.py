@@ -93,3 +93,23 @@ def copy_with_additions(src: str | Path, final: str | Path, obsm: dict[str, np.n
     finally:
         if partial.exists():
             partial.unlink()
+
+
+def read_obs(path: str | Path) -> pd.DataFrame:
+    """The MuData's global obs (QC metrics, labels), without reading any matrix."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        frame = read_elem(f["obs"])
+    frame.index = pd.Index(frame.index.astype(str), dtype=object)
+    return frame
+
+
+def read_records(path: str | Path) -> dict:
+    """The step records under ``uns['coem']`` (JSON strings), without reading any matrix."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        return dict(read_elem(f["uns/coem"])) if "uns/coem" in f else {}

@@ -104,6 +104,17 @@ def warn_user(message: str, sample: str, step: str) -> None:
             handle.write(f"{sample}\t{step}\t{flat}\n")
 
 
+def add_cells_arguments(parser: argparse.ArgumentParser, embedding: bool = False) -> None:
+    """``--metacells`` (and ``--embedding``): the small per-cell files joined to the counts."""
+    parser.add_argument("--metacells", default=None,
+                        help="the metacell step's P.metacells.h5ad (obs['metacell'] per cell); without it the "
+                             "--input MuData must hold obs['metacell']")
+    if embedding:
+        parser.add_argument("--embedding", default=None,
+                            help="the embedding step's P.embedding.h5ad (obsm['X_embedding']); without it the "
+                                 "--input MuData must hold the embedding")
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Arguments every step takes: the sample id, the output prefix and the seed."""
     parser = argparse.ArgumentParser(description=description)
@@ -216,6 +227,26 @@ class StepRun:
 
         write_versions_yml("versions.yml", self.process_name, extra=extra)
 
+    def write_cells(self, source, suffix: str, params: dict, obs: dict | None = None, obsm: dict | None = None,
+                    **extra) -> Path:
+        """Write only what the step adds: ``<prefix>.<suffix>``, a matrix-free AnnData of the cells of
+        ``source`` (a MuData or a per-cell file: its obs and step records carry on) with the new
+        ``obs`` columns and ``obsm`` arrays, this step's record and versions.yml (``coem.stepfiles``)."""
+        from coem.provenance import record_json, step_record
+        from coem.stepfiles import cells_file, records_of, write_cells
+
+        final = Path(f"{self.prefix}.{suffix}")
+        with self.stage("write") as stage:
+            record = step_record(self.step, params, seed=self.args.seed, timings=self.timings, **extra)
+            frame = source.obs.copy()
+            for column, values in (obs or {}).items():
+                frame[column] = values
+            cells = cells_file(frame, obsm, {**records_of(source), self.step: record_json(record)})
+            self.write_versions()
+            write_cells(cells, final)
+            stage.done(f"wrote {final}")
+        return final
+
     def write_h5mu(self, mdata, suffix: str, params: dict, **extra) -> Path:
         """Record the step in ``uns['coem']``, write versions.yml and ``<prefix>.<suffix>`` atomically."""
         from coem.provenance import record_step
@@ -227,6 +258,27 @@ class StepRun:
             write_mudata_atomically(mdata, final)
             stage.done(f"wrote {final}")
         return final
+
+
+def read_counts_and_cells(run: StepRun, hint: str, metacells: str | None = None, embedding: str | None = None,
+                          metacell_key: str = "metacell", embedding_key: str = "X_embedding"):
+    """The QC'd counts (``--input``) joined in memory with what later steps added: the metacell
+    of every cell (``--metacells P.metacells.h5ad``) and the embedding (``--embedding
+    P.embedding.h5ad``). The files must name the same cells; without them, the input itself
+    must hold ``obs[metacell_key]`` (a MuData from an earlier version, or a user's own)."""
+    from coem.stepfiles import attach, check_same_cells, read_cells
+
+    mdata = run.read(hint)
+    for path, what, key, kind in ((metacells, "the metacell step's P.metacells.h5ad", metacell_key, "obs"),
+                                  (embedding, "the embedding step's P.embedding.h5ad", embedding_key, "obsm")):
+        if not path:
+            continue
+        with run.stage(f"read_{kind}_{key}", file=path) as stage:
+            cells = read_cells(path, run.sample, f"pass {what}", needs=(key,))
+            check_same_cells(cells, mdata.obs_names, run.sample, f"{path} + {run.input_file}")
+            attach(mdata, cells, columns=(key,) if kind == "obs" else (), obsm=(key,) if kind == "obsm" else ())
+            stage.done(f"read {path}: {key} of {cells.n_obs:,} cells")
+    return mdata
 
 
 def params_of(args: argparse.Namespace, keys: Sequence[str]) -> dict:

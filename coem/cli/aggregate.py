@@ -1,6 +1,7 @@
 """``coem_aggregate.py``: raw counts summed per metacell, for RNA and ATAC.
 
-Input: ``P.metacells.h5mu`` (``obs['metacell']``). Outputs (``P`` = ``--prefix``):
+Inputs: ``P.qc.h5mu`` (raw counts) and ``P.metacells.h5ad`` (``obs['metacell']``; or one MuData
+holding both). Outputs (``P`` = ``--prefix``):
 
 - ``P.aggregated.h5mu``: one observation per metacell; ``rna``/``atac`` hold summed raw
   counts with var copied (chrom, tss, strand, start, end); obs ``size`` and, when labels
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from coem._logging import get_logger
-from coem.cli._common import StepRun, base_parser, params_of
+from coem.cli._common import StepRun, add_cells_arguments, base_parser, params_of, read_counts_and_cells
 from coem.errors import CoemInputError
 
 STEP = "aggregate"
@@ -25,7 +26,8 @@ log = get_logger("coem.aggregate")
 
 def build_parser():
     parser = base_parser("Sum raw counts per metacell (RNA and ATAC).")
-    parser.add_argument("--input", required=True, help="MuData (.h5mu) with obs['metacell']")
+    parser.add_argument("--input", required=True, help="the QC step's MuData (P.qc.h5mu: raw counts)")
+    add_cells_arguments(parser)
     parser.add_argument("--metacell-key", default="metacell", help="obs column holding metacell ids")
     parser.add_argument("--label-key", default="label", help="obs column of cell labels (majority per metacell)")
     add_dubious_arguments(parser)
@@ -67,7 +69,8 @@ def dubious_table(mdata, args):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = StepRun(STEP, args, log)
-    mdata = run.read("pass the metacells step's .h5mu with --input")
+    mdata = read_counts_and_cells(run, "pass the QC step's P.qc.h5mu with --input", args.metacells,
+                                  metacell_key=args.metacell_key)
 
     from coem.aggregate import add_dubious, aggregate_metacells, drop_dubious
     from coem.cli._common import quiet_mudata

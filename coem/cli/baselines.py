@@ -1,8 +1,8 @@
 """``coem_baselines.py``: SEACells baselines next to COEM's metacells, scored the same way.
 
-Input: ``P.metacells.h5mu`` (raw counts in ``rna``/``atac``, the joint embedding z in
-``obsm['X_embedding']``, COEM's metacells in ``obs['metacell']``, optional cell labels in
-``obs['label']``). Runs the baselines (``coem.baselines``): SeaC-RNA (SEACells on the RNA
+Inputs: ``P.qc.h5mu`` (raw counts in ``rna``/``atac``, optional cell labels in ``obs['label']``),
+``P.embedding.h5ad`` (the joint embedding z in ``obsm['X_embedding']``) and ``P.metacells.h5ad``
+(COEM's metacells in ``obs['metacell']``); or one MuData holding all of it. Runs the baselines (``coem.baselines``): SeaC-RNA (SEACells on the RNA
 PCA), SeaC-ATAC (on the ATAC LSI) and archetypal analysis on z; times COEM's spectral step on
 the same z; then scores every method on diffusion components computed ONCE per modality from
 the same RNA PCA / ATAC LSI, and computes the fraction of negative peak-to-gene correlations
@@ -33,7 +33,7 @@ import pandas as pd
 
 from coem import baselines, metrics, multiqc
 from coem._logging import get_logger
-from coem.cli._common import StepRun, base_parser
+from coem.cli._common import StepRun, add_cells_arguments, base_parser, read_counts_and_cells
 from coem.errors import CoemInputError
 from coem.provenance import software_versions, strict_json
 
@@ -43,7 +43,8 @@ log = get_logger("coem.baselines")
 
 def build_parser():
     parser = base_parser("SEACells baselines (SeaC-RNA, SeaC-ATAC, archetypal on z) compared with COEM's metacells.")
-    parser.add_argument("--input", required=True, help="per-cell MuData (P.metacells.h5mu) with obsm z and obs metacell")
+    parser.add_argument("--input", required=True, help="the QC step's MuData (P.qc.h5mu: raw counts)")
+    add_cells_arguments(parser, embedding=True)
     parser.add_argument("--methods", default=",".join(baselines.METHODS),
                         help=f"comma-separated baselines (default: {','.join(baselines.METHODS)})")
     parser.add_argument("--n-metacells", type=int, default=None,
@@ -98,7 +99,8 @@ def read_inputs(run: StepRun):
     from coem.tl import cell_labels
 
     args = run.args
-    mdata = run.read("pass the metacells step's .h5mu with --input")
+    mdata = read_counts_and_cells(run, "pass the QC step's P.qc.h5mu with --input", args.metacells,
+                                  args.embedding, args.metacell_key, args.embedding_key)
     for mod in ("rna", "atac"):
         if mod not in mdata.mod:
             raise CoemInputError(f"modality '{mod}' is missing (found: {', '.join(mdata.mod) or 'none'}); the "

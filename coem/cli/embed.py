@@ -2,13 +2,14 @@
 
 Input: ``S.qc.h5mu`` (raw counts in ``rna`` and ``atac``). Outputs (``P`` = ``--prefix``):
 
-- ``P.embed.h5mu``: the input with ``obsm['X_embedding']`` (standardised PCA | LSI blocks),
-  ``obsm['X_pca']``, ``obsm['X_lsi']`` and the step record under ``uns['coem']['embed']``
-  (parameters, seed, HVGs, dropped LSI component, depth correlations, timings);
+- ``P.embedding.h5ad``: only what this step adds (``coem.stepfiles``): no matrix, the cells' obs
+  (QC metrics, labels), ``obsm['X_embedding']`` (standardised PCA | LSI blocks), ``obsm['X_pca']``,
+  ``obsm['X_lsi']`` and the step records under ``uns['coem']`` (QC's, and this step's
+  ``embed``: parameters, seed, HVGs, dropped LSI component, depth correlations, timings);
 - ``versions.yml``.
 
 The VAE embedding is the separate ``coem_train_vae.py`` step; both write ``X_embedding``.
-The h5mu is written under a temporary name and renamed last, so a failed run leaves nothing
+The file is written under a temporary name and renamed last, so a failed run leaves nothing
 that looks like a good output.
 """
 
@@ -62,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage.done(f"embedding {embedding.shape} (RNA PCA {rna['n_pcs']} from {rna['n_hvg']} HVGs, ATAC LSI "
                    f"{atac['n_lsi']}, dropped LSI component {atac['dropped_component'] + 1}, depth r "
                    f"{atac['depth_correlations'][atac['dropped_component']]:.2f})")
-    mdata.obsm["X_embedding"] = embedding
-    mdata.obsm["X_pca"] = info["X_pca"]
-    mdata.obsm["X_lsi"] = info["X_lsi"]
-    run.write_h5mu(mdata, "embed.h5mu", params_of(args, ("method", "n_hvg", "n_pcs", "n_lsi", "input")),
-                   info=_record_info(info))
+    obsm = {"X_embedding": embedding, "X_pca": info["X_pca"], "X_lsi": info["X_lsi"]}
+    run.write_cells(mdata, "embedding.h5ad", params_of(args, ("method", "n_hvg", "n_pcs", "n_lsi", "input")),
+                    obsm=obsm, info=_record_info(info))
     return 0

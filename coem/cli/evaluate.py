@@ -1,7 +1,8 @@
 """``coem_evaluate.py``: SEACells' metacell metrics (compactness, separation, purity) for one sample.
 
-Input: a per-cell MuData with the metacell id of every cell in ``obs['metacell']`` and raw
-counts in ``rna`` / ``atac`` (either may be missing; at least one is needed). Each modality is
+Inputs: the QC step's ``P.qc.h5mu`` (raw counts in ``rna`` / ``atac``; either may be missing, at
+least one is needed) and the metacell step's ``P.metacells.h5ad`` (the metacell id of every cell
+in ``obs['metacell']``), or one MuData holding both. Each modality is
 embedded as SEACells' evaluation does (RNA: PCA of log-normalised highly variable genes; ATAC:
 LSI of TF-IDF), diffusion components are computed once per modality (Palantir, as in
 ``coem.metrics``) and every metric is computed on them.
@@ -31,7 +32,7 @@ import pandas as pd
 
 from coem import metrics, multiqc
 from coem._logging import get_logger
-from coem.cli._common import StepRun, base_parser
+from coem.cli._common import StepRun, add_cells_arguments, base_parser, read_counts_and_cells
 from coem.errors import CoemInputError
 from coem.tl import cell_labels
 
@@ -42,7 +43,8 @@ log = get_logger("coem.evaluate")
 
 def build_parser():
     parser = base_parser("Metacell quality (SEACells' compactness, separation and purity) of one sample.")
-    parser.add_argument("--input", required=True, help="per-cell MuData (.h5mu) with obs['metacell']")
+    parser.add_argument("--input", required=True, help="the QC step's MuData (P.qc.h5mu: raw counts)")
+    add_cells_arguments(parser)
     parser.add_argument("--metacell-key", default="metacell", help="obs column holding metacell ids")
     parser.add_argument("--label-key", default="label",
                         help="obs column of cell labels for purity (skipped when absent or all empty)")
@@ -220,7 +222,8 @@ def _params(args) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = StepRun(STEP, args, log)
-    mdata = run.read("pass the metacells step's .h5mu with --input")
+    mdata = read_counts_and_cells(run, "pass the QC step's P.qc.h5mu with --input", args.metacells,
+                                  metacell_key=args.metacell_key)
     ids = metacell_ids(mdata, args.metacell_key, args.sample, args.input)
     labels = cell_labels(mdata, args.label_key)
     if not any(m in mdata.mod for m in MODALITIES):

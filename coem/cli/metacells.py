@@ -1,10 +1,10 @@
 """``coem_metacells.py``: spectral metacells on the embedding of one sample.
 
-Input: ``P.embed.h5mu`` (``obsm['X_embedding']`` from the embed or VAE step). Outputs
-(``P`` = ``--prefix``):
+Input: ``P.embedding.h5ad`` (``obsm['X_embedding']`` from the embed or VAE step; a MuData with
+the embedding in obsm works too). Outputs (``P`` = ``--prefix``):
 
-- ``P.metacells.h5mu``: the input with ``obs['metacell']`` (``MC00001`` ...) and the step
-  record under ``uns['coem']['metacells']``;
+- ``P.metacells.h5ad``: only what this step adds (``coem.stepfiles``): the cells' obs with
+  ``obs['metacell']`` (``MC00001`` ...), no matrix, and the step records under ``uns['coem']``;
 - ``P.metacell_sizes.tsv``: metacell, size (and label, label_fraction when labels exist);
 - MultiQC: ``P_metacells_summary_mqc.json`` (table ``coem_metacells_summary``: cells,
   metacells, min/median/max size, singletons, seconds) and ``P_metacell_sizes_mqc.json``
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     run = StepRun(STEP, args, log)
-    mdata = run.read("pass the embed step's .h5mu with --input")
+    mdata = read_embedding(run)
     X = _embedding(mdata, args.embedding_key, args.sample, args.input)
 
     from coem.aggregate import metacell_table
@@ -184,6 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {"n_parts": model.n_parts_, "part_size": model.part_size_, "n_moved": model.n_moved_} \
         if model.strategy_ == "partitioned" else {}
     run.timings.update(model.timings_)
-    run.write_h5mu(mdata, "metacells.h5mu", params_of(args, PARAM_KEYS), summary=model.summary_,
-                   strategy=model.strategy_, **extra)
+    run.write_cells(mdata, "metacells.h5ad", params_of(args, PARAM_KEYS), summary=model.summary_,
+                    strategy=model.strategy_, **extra)
     return 0
+
+
+def read_embedding(run: StepRun):
+    """The embedding step's ``P.embedding.h5ad`` (or any MuData/AnnData with the embedding in obsm)."""
+    hint = "pass the embedding step's P.embedding.h5ad with --input"
+    if str(run.input_file).endswith(".h5mu"):
+        return run.read(hint)
+    from coem.stepfiles import read_cells
+
+    with run.stage("read") as stage:
+        cells = read_cells(run.input_file, run.sample, hint)
+        stage.done(f"read {run.input_file}: {cells.n_obs:,} cells")
+    return cells

@@ -28,7 +28,8 @@ import scipy.sparse as sp
 
 from coem import multiqc
 from coem._logging import get_logger
-from coem.cli._common import StepRun, base_parser, params_of, read_mudata, write_mudata_atomically
+from coem.cli._common import StepRun, base_parser, params_of, read_mudata
+from coem.stepfiles import cells_file, records_of, write_cells
 from coem.errors import CoemInputError
 from coem.model.likelihoods import LIKELIHOODS
 from coem.model.data import MAX_PEAK_FRACTION, N_PEAKS
@@ -143,15 +144,14 @@ class InMemoryInput:
         _check_integers(self.rna, "RNA", sample, path)
         self.atac_values = self.atac.data if sp.issparse(self.atac) else np.asarray(self.atac)
 
-    def write(self, final: Path, z: np.ndarray, record: str) -> None:
-        self.mdata.obsm["X_embedding"] = z
-        self.mdata.uns["coem"] = {**dict(self.mdata.uns.get("coem", {})), STEP: record}
-        write_mudata_atomically(self.mdata, final)
+    def cells(self) -> tuple:
+        """(obs: QC metrics and labels, step records so far) for the embedding file."""
+        return self.mdata.obs, records_of(self.mdata)
 
 
 class BackedInput:
     """RNA / ATAC rows streamed from the file (CSR groups ``mod/<mod>/X``); only the row
-    pointers, names and one batch are in memory. The output is a copy of the file plus z."""
+    pointers, names and one batch are in memory."""
 
     backed = True
 
@@ -172,12 +172,13 @@ class BackedInput:
         _check_integers(h5mu_backed.first_values(path, "mod/rna/X", INTEGER_CHECK_VALUES), "RNA", sample, path)
         self.atac_values = h5mu_backed.first_values(path, "mod/atac/X", INTEGER_CHECK_VALUES)
 
-    def write(self, final: Path, z: np.ndarray, record: str) -> None:
+    def cells(self) -> tuple:
+        """(obs, step records so far) read from the file without its matrices."""
         from coem import h5mu_backed
 
         self.rna.close()
         self.atac.close()
-        h5mu_backed.copy_with_additions(self.path, final, {"X_embedding": z}, {STEP: record})
+        return h5mu_backed.read_obs(self.path), h5mu_backed.read_records(self.path)
 
 
 def use_backed(path: str, mode: str, sample: str) -> bool:
@@ -311,19 +312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         **{k: strict_json(v) for k, v in summary.items() if k != "seed"})
     with run.stage("write") as stage:
         _write_outputs(run, source, z, record_json(record), vae, history, summary)
-        stage.done(f"wrote {run.prefix}.embed.h5mu, {run.prefix}.vae.pt and reports")
+        stage.done(f"wrote {run.prefix}.embedding.h5ad, {run.prefix}.vae.pt and reports")
     return 0
 
 
 def _write_outputs(run: StepRun, source, z, record, vae, history, summary) -> None:
-    """Everything but the h5mu first; the h5mu goes to a temporary name, renamed at the end."""
+    """Everything but the embedding first; the embedding goes to a temporary name, renamed last.
+    Only what this step adds is written: z per cell, the model and its reports (not the counts)."""
     import pandas as pd
 
     prefix = run.prefix
-    final = Path(f"{prefix}.embed.h5mu")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     vae.save(f"{prefix}.vae.pt")
     pd.DataFrame(history["epochs"]).to_csv(f"{prefix}.vae_history.tsv", sep="\t", index=False)
     write_multiqc(prefix, run.sample, history, summary)
     run.write_versions()
-    source.write(final, z, record)
+    obs, records = source.cells()
+    write_cells(cells_file(obs, {"X_embedding": z}, {**records, STEP: record}), f"{prefix}.embedding.h5ad")

@@ -127,12 +127,16 @@ def test_cli_end_to_end_embed_metacells_aggregate(tmp_path, tiny_sim, monkeypatc
     monkeypatch.chdir(tmp_path)
     common = ["--sample", "S1", "--prefix", "S1", "--seed", "0"]
     assert embed_main(common + ["--input", "S1.qc.h5mu", "--n-hvg", "200", "--n-pcs", "10", "--n-lsi", "10"]) == 0
-    assert metacells_main(common + ["--input", "S1.embed.h5mu", "--cells-per-metacell", "20"]) == 0
-    assert aggregate_main(common + ["--input", "S1.metacells.h5mu"]) == 0
+    assert metacells_main(common + ["--input", "S1.embedding.h5ad", "--cells-per-metacell", "20"]) == 0
+    assert aggregate_main(common + ["--input", "S1.qc.h5mu", "--metacells", "S1.metacells.h5ad"]) == 0
 
     with _quiet():
-        cells = md.read_h5mu("S1.metacells.h5mu")
+        cells = md.read_h5mu("S1.qc.h5mu")
         agg = md.read_h5mu("S1.aggregated.h5mu")
+    # each step after QC wrote only what it adds: no counts, a small fraction of the QC file
+    qc_bytes = Path("S1.qc.h5mu").stat().st_size
+    for added in ("S1.embedding.h5ad", "S1.metacells.h5ad"):
+        assert Path(added).stat().st_size < qc_bytes / 10, added
     assert agg.n_obs == 10 and agg.obs["size"].sum() == 200
     for mod in ("rna", "atac"):
         assert agg.mod[mod].X.sum() == pytest.approx(float(cells.mod[mod].X.sum()))
@@ -155,7 +159,8 @@ def test_cli_end_to_end_embed_metacells_aggregate(tmp_path, tiny_sim, monkeypatc
     # --drop-dubious: the flagged metacells are gone from the output (3 of the 10 here, one of
     # them the least pure: label fraction 0.79)
     assert record["n_dubious"] == 3 and agg.obs.loc[agg.obs["dubious"], "label_fraction"].min() < 0.8
-    assert aggregate_main(["--sample", "S1", "--prefix", "D", "--input", "S1.metacells.h5mu", "--drop-dubious"]) == 0
+    assert aggregate_main(["--sample", "S1", "--prefix", "D", "--input", "S1.qc.h5mu", "--metacells",
+                           "S1.metacells.h5ad", "--drop-dubious"]) == 0
     with _quiet():
         dropped = md.read_h5mu("D.aggregated.h5mu")
     record = json.loads(dropped.uns["coem"]["aggregate"])

@@ -62,11 +62,12 @@ def test_no_step_densifies_the_cells_by_features_matrix(sim_h5mu, tmp_path, monk
         warnings.simplefilter("ignore")
         assert qc.main(common + ["--h5mu", str(sim_h5mu)]) == 0
         assert embed.main(common + ["--input", "S.qc.h5mu", "--n-hvg", "200"]) == 0
-        assert metacells.main(common + ["--input", "S.embed.h5mu", "--cells-per-metacell", "50"]) == 0
-        assert aggregate.main(common + ["--input", "S.metacells.h5mu"]) == 0
-        assert peak2gene.main(common + ["--input", "S.aggregated.h5mu", "--cells", "S.metacells.h5mu",
+        assert metacells.main(common + ["--input", "S.embedding.h5ad", "--cells-per-metacell", "50"]) == 0
+        assert aggregate.main(common + ["--input", "S.qc.h5mu", "--metacells", "S.metacells.h5ad"]) == 0
+        assert peak2gene.main(common + ["--input", "S.aggregated.h5mu", "--cells", "S.qc.h5mu",
                                         "--max-cells", "1000", "--n-background", "5"]) == 0
-        assert evaluate.main(common + ["--input", "S.metacells.h5mu", "--n-hvg", "200"]) == 0
+        assert evaluate.main(common + ["--input", "S.qc.h5mu", "--metacells", "S.metacells.h5ad",
+                                       "--n-hvg", "200"]) == 0
         assert train_vae.main(["--sample", "S", "--prefix", "V", "--input", "S.qc.h5mu", "--epochs", "1",
                                "--batch-size", "128", "--n-genes", "200", "--threads", "1"]) == 0
     # The guard saw real work: per-batch and per-block conversions of many columns.

@@ -420,10 +420,15 @@ def test_cli_writes_embedding_checkpoint_history_and_multiqc(h5mu, tmp_path, mon
                "--n-hidden", "64", "--n-centroids", "3", "--batch-size", "64", "--n-genes", "40",
                "--max-peak-fraction", "0.5", "--threads", "1", "--seed", "1", "--warmup-epochs", "1"])
     assert rc == 0
-    out = md.read_h5mu(tmp_path / "S1.embed.h5mu")
-    z = out.obsm["X_embedding"]
+    import anndata as ad
+
+    cells = ad.read_h5ad(tmp_path / "S1.embedding.h5ad")  # only what the step adds: z, no counts
+    assert cells.X is None
+    out = md.read_h5mu(h5mu)
+    assert cells.obs_names.equals(out.obs_names)
+    z = cells.obsm["X_embedding"]
     assert z.shape == (240, 4) and np.isfinite(z).all()
-    record = read_step(out, "embed")
+    record = read_step(cells, "embed")
     assert record["params"]["method"] == "vae" and record["seed"] == 1
     assert record["epochs_run"] == 3 and record["device"].startswith("cpu")
     assert record["torch"] == torch.__version__ and "seconds_per_epoch" in record
@@ -473,7 +478,7 @@ def test_cli_reports_bad_input_as_input_errors(h5mu, tmp_path, monkeypatch):
     with pytest.raises(CoemInputError, match=r"sample 'S1', file .*norm.h5mu.*RNA values are not integers"):
         main(base + ["--input", str(tmp_path / "norm.h5mu")])
     assert run_cli(main, base + ["--input", str(h5mu), "--max-peak-fraction", "0.0001"]) == 2
-    assert not (tmp_path / "S1.embed.h5mu").exists()
+    assert not (tmp_path / "S1.embedding.h5ad").exists()
 
 
 CLI_SMALL = ["--epochs", "2", "--n-latent", "4", "--n-hidden", "64", "--n-centroids", "3", "--batch-size", "64",
@@ -482,7 +487,7 @@ CLI_SMALL = ["--epochs", "2", "--n-latent", "4", "--n-hidden", "64", "--n-centro
 
 def test_cli_backed_streams_from_the_file_and_matches_memory(h5mu, tmp_path, monkeypatch):
     """--backed on reads batches from the h5mu (rows only) and gives the in-memory z exactly;
-    its output is the input file plus z and the step record, earlier records kept."""
+    both write the same per-cell file: obs, z and the step records, earlier records kept."""
     import mudata as md
 
     from coem.cli.train_vae import main, use_backed
@@ -496,12 +501,14 @@ def test_cli_backed_streams_from_the_file_and_matches_memory(h5mu, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     for mode in ("off", "on"):
         assert main(["--sample", "S1", "--input", str(h5mu), "--prefix", mode, "--backed", mode] + CLI_SMALL) == 0
-    memory, backed = md.read_h5mu(tmp_path / "off.embed.h5mu"), md.read_h5mu(tmp_path / "on.embed.h5mu")
+    import anndata as ad
+
+    memory, backed = ad.read_h5ad(tmp_path / "off.embedding.h5ad"), ad.read_h5ad(tmp_path / "on.embedding.h5ad")
     np.testing.assert_array_equal(backed.obsm["X_embedding"], memory.obsm["X_embedding"])
     assert read_step(backed, "embed")["backed"] is True and read_step(memory, "embed")["backed"] is False
-    assert read_step(backed, "qc") == {"step": "qc", "seed": 0}
-    assert list(backed.obs["label"]) == list(memory.obs["label"])
-    assert (backed.mod["atac"].X != memory.mod["atac"].X).nnz == 0
+    assert read_step(backed, "qc") == {"step": "qc", "seed": 0}  # earlier records travel on
+    assert list(backed.obs["label"]) == list(memory.obs["label"]) == list(mdata.obs["label"])
+    assert backed.X is None and backed.obs_names.equals(mdata.obs_names)
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -522,4 +529,4 @@ def test_cli_backed_rejects_what_it_cannot_stream(h5mu, tmp_path, monkeypatch):
     _write_normalised_rna(mdata, tmp_path / "norm.h5mu")
     with pytest.raises(CoemInputError, match=r"norm.h5mu.*RNA values are not integers"):
         main(base + ["--input", str(tmp_path / "norm.h5mu")])
-    assert not (tmp_path / "S1.embed.h5mu").exists()
+    assert not (tmp_path / "S1.embedding.h5ad").exists()
