@@ -112,8 +112,16 @@ workflow COEM {
         .combine(ch_failed.toList().map { [it] })
         .combine(ch_warnings.toList().map { [it] })
         .map { ids, failed, warned -> runSummaryTable(ids, failed, warned) }
+    // Written on every run, -resume included (storeDir would keep an older file): main.nf's
+    // onComplete prints it.
     ch_summary = ch_summary_text
-        .collectFile(storeDir: "${params.outdir}/pipeline_info", name: 'run_summary.tsv')
+        .collectFile(name: 'run_summary.tsv')
+        .map { f ->
+            def dest = file("${params.outdir}/pipeline_info/run_summary.tsv")
+            dest.parent.mkdirs()
+            f.copyTo(dest)
+            f
+        }
     ch_mqc = ch_mqc.mix(ch_summary_text.map { runSummaryMultiqc(it) }.collectFile(name: 'coem_run_summary_mqc.yaml'))
 
     // Report: every step's custom content, software versions and the parameter summary.
