@@ -87,3 +87,7 @@ def test_offline_cloud_profile_without_its_plugin_is_explained(fake_java):
     assert "nf-amazon plugin" in stderr and "unset NXF_OFFLINE" in stderr
     _, stderr = _offline_seen(fake_java, "run", ".", "-profile", "awsbatch")
     assert "NOTE" not in stderr  # online: Nextflow fetches it
+    _, stderr = _offline_seen({**fake_java, "NXF_OFFLINE": "true"}, "run", ".", "-profile", "test,googlebatch")
+    assert "nf-google plugin" in stderr
+    _, stderr = _offline_seen({**fake_java, "NXF_OFFLINE": "true"}, "lint", "conf/awsbatch.config")
+    assert "NOTE" not in stderr  # not a profile
