@@ -51,15 +51,15 @@ workflow COEM {
         TRAIN_VAE(QC.out.h5mu)
         ch_embedded = TRAIN_VAE.out.h5mu
         ch_versions = ch_versions.mix(TRAIN_VAE.out.versions)
-    ch_failed   = ch_failed.mix(failures(TRAIN_VAE.out.failed, 'TRAIN_VAE'))
-    ch_warnings = ch_warnings.mix(warnings(TRAIN_VAE.out.warnings))
+        ch_failed   = ch_failed.mix(failures(TRAIN_VAE.out.failed, 'TRAIN_VAE'))
+        ch_warnings = ch_warnings.mix(warnings(TRAIN_VAE.out.warnings))
         ch_mqc      = ch_mqc.mix(TRAIN_VAE.out.mqc)
     } else {
         EMBED(QC.out.h5mu)
         ch_embedded = EMBED.out.h5mu
         ch_versions = ch_versions.mix(EMBED.out.versions)
-    ch_failed   = ch_failed.mix(failures(EMBED.out.failed, 'EMBED'))
-    ch_warnings = ch_warnings.mix(warnings(EMBED.out.warnings))
+        ch_failed   = ch_failed.mix(failures(EMBED.out.failed, 'EMBED'))
+        ch_warnings = ch_warnings.mix(warnings(EMBED.out.warnings))
     }
 
     METACELLS(ch_embedded)
@@ -92,8 +92,8 @@ workflow COEM {
     if (!params.skip_evaluation) {
         EVALUATE(METACELLS.out.h5mu)
         ch_versions = ch_versions.mix(EVALUATE.out.versions)
-    ch_failed   = ch_failed.mix(failures(EVALUATE.out.failed, 'EVALUATE'))
-    ch_warnings = ch_warnings.mix(warnings(EVALUATE.out.warnings))
+        ch_failed   = ch_failed.mix(failures(EVALUATE.out.failed, 'EVALUATE'))
+        ch_warnings = ch_warnings.mix(warnings(EVALUATE.out.warnings))
         ch_mqc      = ch_mqc.mix(EVALUATE.out.mqc)
     }
 
