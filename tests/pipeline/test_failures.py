@@ -185,3 +185,22 @@ def test_resumed_outputs_equal_a_clean_run(resumed_run, clean_run, sample):
         resumed_table = pd.read_csv(resumed / table, sep="\t")
         assert len(resumed_table) > 0, table
         pd.testing.assert_frame_equal(resumed_table, pd.read_csv(clean / table, sep="\t"), check_exact=True)
+
+
+def test_warnings_reach_the_summary_and_the_report_section(tmp_path, nextflow_available):
+    """A step's warnings file (here written by a beforeScript, in a -stub run) is listed at the end
+    of the run, in run_summary.tsv and in the report's 'Warnings and failed samples' section."""
+    config = tmp_path / "warn.config"
+    config.write_text(
+        "process {\n    withName: 'QC' {\n"
+        "        beforeScript = { \"printf '%s\\\\tQC\\\\tonly 12 cells left after QC\\\\n' '${task.tag}' > coem_warnings.txt\" }\n"
+        "    }\n}\n"
+    )
+    result = run_nextflow(["run", str(REPO), "-profile", "test", "-stub", "-c", str(config), "--outdir", "results"], tmp_path)
+    assert result.returncode == 0, result.output[-4000:]
+    assert "Warnings (2):" in result.output and "  sim1 (QC): only 12 cells left after QC" in result.output
+    assert "  sim1: ok" in result.output and "  sim2: ok" in result.output
+    summary = pd.read_csv(result.outdir / "pipeline_info" / "run_summary.tsv", sep="\t")
+    assert sorted(summary["status"]) == ["ok", "ok", "warning", "warning"]
+    section = next((tmp_path / "work").rglob("coem_run_summary_mqc.yaml")).read_text()
+    assert "Warnings and failed samples" in section and "0 failed sample(s), 2 warning(s)" in section
