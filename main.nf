@@ -5,7 +5,7 @@
  */
 
 include { COEM               } from './workflows/coem'
-include { initialisePipeline } from './subworkflows/local/utils_coem_pipeline'
+include { initialisePipeline; runSummaryLines } from './subworkflows/local/utils_coem_pipeline'
 
 // Named workflow, so the pipeline can be imported by another one.
 workflow COEM_NF {
@@ -40,10 +40,29 @@ workflow.onError {
     }
 }
 
+// One block at the end: every sample's fate (ok / failed at STEP: error) and every warning, from
+// pipeline_info/run_summary.tsv. A failed sample makes the run exit 1 (RUN_STATUS, the last step).
 workflow.onComplete {
+    def summary = file("${params.outdir}/pipeline_info/run_summary.tsv")
+    def lines = []
+    try {
+        // this run's file only (a failure before it was written leaves an older one in --outdir)
+        if (summary.exists() && summary.lastModified() >= workflow.start.toInstant().toEpochMilli() - 2000) {
+            lines = runSummaryLines(summary.text)
+        }
+    } catch (Exception e) {
+        log.warn("Could not read ${summary}: ${e.message}")
+    }
+    def failed = lines.count { it.contains(': failed at ') }
+    def block = ['', '=' * 72, "COEM-nf run summary (${params.outdir}/pipeline_info/run_summary.tsv)"] + lines + ['=' * 72]
     if (workflow.success) {
-        log.info("COEM-nf finished: results in ${params.outdir} (report: ${params.outdir}/multiqc/multiqc_report.html)")
+        log.info((block + ["COEM-nf finished: results in ${params.outdir} (report: ${params.outdir}/multiqc/multiqc_report.html)"]).join('\n'))
+    } else if (failed) {
+        log.error((block + ["COEM-nf finished with ${failed} failed sample(s) (exit status 1): the other samples' results " +
+                            "are in ${params.outdir} (report: ${params.outdir}/multiqc/multiqc_report.html); " +
+                            "fix the failed samples' input and rerun with -resume"]).join('\n'))
     } else {
+        if (lines) { log.error(block.join('\n')) }
         log.error("COEM-nf failed: see the error above; nothing of the failed sample past its last finished step is published")
     }
 }

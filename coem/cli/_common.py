@@ -27,7 +27,14 @@ WARNINGS_FILE_ENV = "COEM_WARNINGS_FILE"
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a step's ``main``; a ``CoemInputError`` becomes one ``ERROR:`` line and exit code 2
-    (or, under Nextflow, a failure record and exit 0: see ``FAILURE_FILE_ENV``)."""
+    (or, under Nextflow, a failure record and exit 0: see ``FAILURE_FILE_ENV``).
+
+    Under Nextflow (``COEM_PIPELINE_VERSION`` set by every module) the installed ``coem`` package
+    must be the pipeline's version: otherwise one ``ERROR:`` line says what to do, exit 2."""
+    mismatch = _pipeline_version_mismatch()
+    if mismatch:
+        print(mismatch, file=sys.stderr)
+        return EXIT_INPUT_ERROR
     try:
         return int(main(argv) or 0)
     except CoemInputError as err:
@@ -78,6 +85,20 @@ def _sample_from(argv: Sequence[str]) -> str:
         if arg.startswith("--sample="):
             return f"sample '{arg.split('=', 1)[1]}': "
     return ""
+
+
+def _pipeline_version_mismatch() -> str | None:
+    """The ``ERROR:`` line when ``$COEM_PIPELINE_VERSION`` (the pipeline's manifest.version) is not
+    the installed package's ``coem.__version__``; None when they agree or the variable is unset."""
+    import coem
+
+    wanted = os.environ.get("COEM_PIPELINE_VERSION", "").strip()
+    if not wanted or wanted == coem.__version__:
+        return None
+    return (f"ERROR: the pipeline is COEM-nf {wanted} but this environment has the coem package "
+            f"{coem.__version__} (from {Path(coem.__file__).parent}); reinstall it from the pipeline folder "
+            f"(`pip install -e .` there, or `make install`), or run with the pipeline's container "
+            f"(-profile docker/singularity: image tag {wanted})")
 
 
 def _remove_task_outputs(keep: str) -> None:

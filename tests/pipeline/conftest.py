@@ -30,6 +30,8 @@ def _env() -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["NXF_ANSI_LOG"] = "false"
     env.setdefault("NXF_OPTS", "-Xms256m -Xmx2g")
+    # The test runs need no plugin and no network (the launcher itself leaves online mode alone).
+    env.setdefault("NXF_OFFLINE", "true")
     return env
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .conftest import REPO, run_nextflow
@@ -99,3 +101,24 @@ def test_base_config_retries_with_more_resources(tmp_path):
     out = _config(tmp_path, "test")
     assert "process.maxRetries = 2" in out
     assert "process.resourceLimits" in out
+
+
+@pytest.mark.parametrize("profile", ["conda", "mamba"])
+def test_conda_profiles(tmp_path, profile):
+    out = _config(tmp_path, profile)
+    assert "conda.enabled = true" in out
+    assert ("conda.useMamba = true" in out) == (profile == "mamba")
+    assert "docker.enabled = false" in out
+    assert f"process.conda = '{REPO}/containers/environment.yml'" in out
+    assert "environment.baselines.yml" in out
+
+
+def test_wave_profile(tmp_path):
+    out = _config(tmp_path, "wave")
+    assert "wave.enabled = true" in out
+    assert "wave.strategy = ['container', 'conda']" in out
+
+
+def test_every_process_gets_the_package_digest(tmp_path):
+    out = _config(tmp_path, "test")
+    assert re.search(r"process\.'withName:\.\*'\.ext\.coem_digest = '[0-9a-f]{16}'", out)

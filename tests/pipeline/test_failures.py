@@ -1,8 +1,8 @@
 """Failures in real Nextflow runs: a bad sample publishes nothing, a killed run resumes.
 
-a) A samplesheet with the two test samples and a third whose labels file matches no barcode:
-   the run fails naming the sample, the file and the problem, and no step folder of results/
-   holds a file of the bad sample.
+a) Per-sample failure isolation: a samplesheet with a good sample and a corrupt (truncated) .h5mu:
+   the good sample runs to the end and is published, the corrupt one stops at QC and publishes
+   nothing, and the run exits non-zero listing both samples' fates (console and run_summary.tsv).
 b) A run killed (SIGTERM to its process group) after its QC tasks finished is resumed with
    -resume: the finished tasks come from the cache, and the final tables equal a clean run's.
 
@@ -34,35 +34,63 @@ GRACE_S = 30  # SIGTERM, then SIGKILL after this
 
 
 # ---------------------------------------------------------------------------------------------
-# a) a failed sample publishes nothing past its failure
+# a) per-sample failure isolation: a corrupt sample stops, the good one runs to the end
 # ---------------------------------------------------------------------------------------------
 
-def test_failed_sample_publishes_nothing(tmp_path, nextflow_available):
-    labels = tmp_path / "bad_labels.csv"
-    labels.write_text("barcode,label\nTTTTGGGGCCCCAAAA-1,B cell\nGGGGCCCCAAAATTTT-1,T cell\n")
-    sheet = tmp_path / "samplesheet.csv"
+@pytest.fixture(scope="module")
+def corrupt_sample_run(tmp_path_factory, nextflow_available):
+    """Two samples: sim1 (good) and `corrupt`, a truncated copy of sim2.h5mu."""
+    tmp = tmp_path_factory.mktemp("nf_corrupt")
+    corrupt = tmp / "corrupt.h5mu"
+    corrupt.write_bytes((TEST_DATA / "sim2.h5mu").read_bytes()[:5000])
+    sheet = tmp / "samplesheet.csv"
     sheet.write_text(
         "sample,h5,h5mu,labels\n"
         f"sim1,{TEST_DATA / 'sim1_filtered_feature_bc_matrix.h5'},,{TEST_DATA / 'sim1_labels.csv'}\n"
-        f"sim2,,{TEST_DATA / 'sim2.h5mu'},{TEST_DATA / 'sim2_labels.csv'}\n"
-        f"badlabels,,{TEST_DATA / 'sim2.h5mu'},{labels}\n"
+        f"corrupt,,{corrupt},\n"
     )
-    result = run_nextflow(["run", str(REPO), "-profile", "test", *PCA, "--input", str(sheet),
-                           "--outdir", "results"], tmp_path)
+    return run_nextflow(["run", str(REPO), "-profile", "test", *PCA, "--input", str(sheet),
+                         "--outdir", "results"], tmp)
 
-    assert result.returncode != 0, result.output[-4000:]
-    assert "Process `COEM_NF:COEM:QC (badlabels)` terminated with an error exit status (2)" in result.output
-    assert ("ERROR: sample 'badlabels', file 'bad_labels.csv': no barcode of the labels file is a cell "
-            "of this sample") in result.output
+
+def test_corrupt_sample_fails_alone_and_the_run_exits_non_zero(corrupt_sample_run):
+    result = corrupt_sample_run
+    out = result.output
+    assert result.returncode != 0, out[-4000:]
+    # the end-of-run block lists both samples' fates
+    assert "  sim1: ok" in out, out[-4000:]
+    assert re.search(r"  corrupt: failed at QC: ERROR: sample 'corrupt', file 'corrupt.h5mu': cannot read", out), out[-4000:]
+    assert "1 failed sample(s)" in out
+    # the good sample ran to the end and is published; the report too
+    for rel in ("metacells/sim1.metacells.h5mu", "metacells/sim1.metacell_sizes.tsv", "aggregate/sim1.aggregated.h5mu",
+                "peak2gene/sim1.peak2gene.tsv", "peak2gene/sim1.peak2gene_significant.bedpe",
+                "multiqc/multiqc_report.html"):
+        assert (result.outdir / rel).is_file() and (result.outdir / rel).stat().st_size > 0, rel
+    # nothing of the corrupt sample is published
     published = [p for folder in STEP_FOLDERS for p in (result.outdir / folder).rglob("*") if p.is_file()]
-    assert not [p for p in published if "badlabels" in p.name], f"bad sample published: {published}"
-    assert not (result.outdir / "multiqc").exists(), "no report may pretend the run was good"
-    # What is there belongs to the good samples (the run lets their running tasks finish).
-    assert {p.name.split(".")[0].split("_")[0] for p in published} <= set(SAMPLES), published
-    trace = {r["name"]: r for r in latest_trace(result.outdir)}
-    assert trace["COEM_NF:COEM:QC (badlabels)"]["status"] == "FAILED"
-    assert trace["COEM_NF:COEM:QC (badlabels)"]["exit"] == "2"  # a bad-input error: not retried
-    assert not [n for n in trace if "badlabels" in n and ":QC " not in n], "a step ran after the failure"
+    assert not [p for p in published if "corrupt" in p.name], published
+    assert not [p for p in published if p.name in ("coem_failed.txt", "coem_warnings.txt")], published
+
+
+def test_run_summary_lists_every_sample_fate(corrupt_sample_run):
+    summary = pd.read_csv(corrupt_sample_run.outdir / "pipeline_info" / "run_summary.tsv", sep="\t")
+    fates = summary[summary["status"] != "warning"].set_index("sample")
+    assert set(fates.index) == {"sim1", "corrupt"}
+    assert fates.loc["sim1", "status"] == "ok"
+    assert fates.loc["corrupt", "status"] == "failed" and fates.loc["corrupt", "step"] == "QC"
+    assert "cannot read" in fates.loc["corrupt", "message"]
+    report = (corrupt_sample_run.outdir / "multiqc" / "multiqc_report.html").read_text()
+    assert 'id="coem_run_summary"' in report and "1 failed sample(s)" in report
+
+
+def test_corrupt_sample_stops_at_its_failed_step(corrupt_sample_run):
+    trace = {r["name"]: r for r in latest_trace(corrupt_sample_run.outdir)}
+    qc = trace["COEM_NF:COEM:QC (corrupt)"]
+    assert qc["status"] == "COMPLETED" and qc["exit"] == "0", qc  # a failure record, not retried
+    assert not [n for n in trace if "corrupt" in n and ":QC " not in n], "a step ran after the failure"
+    status = {n.split(" ")[0]: r["status"] for n, r in trace.items()}
+    assert status["COEM_NF:COEM:RUN_STATUS"] == "FAILED"  # the run's verdict, after the report
+    assert status["COEM_NF:COEM:MULTIQC"] == "COMPLETED"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,3 +185,22 @@ def test_resumed_outputs_equal_a_clean_run(resumed_run, clean_run, sample):
         resumed_table = pd.read_csv(resumed / table, sep="\t")
         assert len(resumed_table) > 0, table
         pd.testing.assert_frame_equal(resumed_table, pd.read_csv(clean / table, sep="\t"), check_exact=True)
+
+
+def test_warnings_reach_the_summary_and_the_report_section(tmp_path, nextflow_available):
+    """A step's warnings file (here written by a beforeScript, in a -stub run) is listed at the end
+    of the run, in run_summary.tsv and in the report's 'Warnings and failed samples' section."""
+    config = tmp_path / "warn.config"
+    config.write_text(
+        "process {\n    withName: 'QC' {\n"
+        "        beforeScript = { \"printf '%s\\\\tQC\\\\tonly 12 cells left after QC\\\\n' '${task.tag}' > coem_warnings.txt\" }\n"
+        "    }\n}\n"
+    )
+    result = run_nextflow(["run", str(REPO), "-profile", "test", "-stub", "-c", str(config), "--outdir", "results"], tmp_path)
+    assert result.returncode == 0, result.output[-4000:]
+    assert "Warnings (2):" in result.output and "  sim1 (QC): only 12 cells left after QC" in result.output
+    assert "  sim1: ok" in result.output and "  sim2: ok" in result.output
+    summary = pd.read_csv(result.outdir / "pipeline_info" / "run_summary.tsv", sep="\t")
+    assert sorted(summary["status"]) == ["ok", "ok", "warning", "warning"]
+    section = next((tmp_path / "work").rglob("coem_run_summary_mqc.yaml")).read_text()
+    assert "Warnings and failed samples" in section and "0 failed sample(s), 2 warning(s)" in section

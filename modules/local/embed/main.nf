@@ -1,25 +1,34 @@
 process EMBED {
     tag "${meta.id}"
     label 'process_low'
-    container "${params.container_cpu}"
 
     input:
     tuple val(meta), path(h5mu)
 
     output:
-    tuple val(meta), path("${prefix}.embed.h5mu"), emit: h5mu
-    path "versions.yml"                          , emit: versions
+    tuple val(meta), path("${prefix}.embed.h5mu")               , optional: true, emit: h5mu
+    tuple val(meta), path("coem_failed.txt")                    , optional: true, emit: failed
+    tuple val(meta), path("coem_warnings.txt")                  , optional: true, emit: warnings
+    path "versions.yml"                                         , optional: true, emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
 
     script:
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
+    // Per-sample failure isolation: a bad-input error writes coem_failed.txt and exits 0 with no
+    // other output (coem/cli/_common.py), so this sample stops here and the others go on.
     """
+    export COEM_FAILURE_FILE=coem_failed.txt
+    export COEM_WARNINGS_FILE=coem_warnings.txt
+    export COEM_PIPELINE_VERSION=${workflow.manifest.version}
+    export COEM_PACKAGE_DIGEST=${task.ext.coem_digest ?: 'unset'}
     export OMP_NUM_THREADS=${task.cpus}
     coem_embed.py \\
         --sample ${meta.id} \\
         --input ${h5mu} \\
         --prefix ${prefix} \\
-        --seed ${params.seed} \\
         --process-name ${task.process} \\
         ${args}
     """
@@ -27,6 +36,10 @@ process EMBED {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.embed.h5mu versions.yml
+    touch ${prefix}.embed.h5mu
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        coem: ${workflow.manifest.version}
+    END_VERSIONS
     """
 }

@@ -1,25 +1,35 @@
 process TRAIN_VAE {
     tag "${meta.id}"
     label 'process_gpu'
-    container "${params.use_gpu ? params.container_gpu : params.container_cpu}"
 
     input:
     tuple val(meta), path(h5mu)
 
     output:
-    tuple val(meta), path("${prefix}.embed.h5mu"), emit: h5mu
-    path "${prefix}.vae.pt"                      , emit: checkpoint
-    path "${prefix}.vae_history.tsv"             , emit: history
-    path "*_mqc.json"                            , emit: mqc
-    path "versions.yml"                          , emit: versions
+    tuple val(meta), path("${prefix}.embed.h5mu")               , optional: true, emit: h5mu
+    path "${prefix}.vae.pt"                                     , optional: true, emit: checkpoint
+    path "${prefix}.vae_history.tsv"                            , optional: true, emit: history
+    path "*_mqc.json"                                           , optional: true, emit: mqc
+    tuple val(meta), path("coem_failed.txt")                    , optional: true, emit: failed
+    tuple val(meta), path("coem_warnings.txt")                  , optional: true, emit: warnings
+    path "versions.yml"                                         , optional: true, emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
 
     script:
-    def args   = task.ext.args ?: ''
-    prefix     = task.ext.prefix ?: "${meta.id}"
+    def args = task.ext.args ?: ''
+    prefix   = task.ext.prefix ?: "${meta.id}"
     // The module only reads task.accelerator: a GPU when the config grants one, else the CPU.
     // The step itself also falls back to the CPU when CUDA is absent.
     def device = task.accelerator ? 'cuda' : 'cpu'
+    // Per-sample failure isolation: a bad-input error writes coem_failed.txt and exits 0 with no
+    // other output (coem/cli/_common.py), so this sample stops here and the others go on.
     """
+    export COEM_FAILURE_FILE=coem_failed.txt
+    export COEM_WARNINGS_FILE=coem_warnings.txt
+    export COEM_PIPELINE_VERSION=${workflow.manifest.version}
+    export COEM_PACKAGE_DIGEST=${task.ext.coem_digest ?: 'unset'}
     export OMP_NUM_THREADS=${task.cpus}
     coem_train_vae.py \\
         --sample ${meta.id} \\
@@ -27,7 +37,6 @@ process TRAIN_VAE {
         --prefix ${prefix} \\
         --device ${device} \\
         --threads ${task.cpus} \\
-        --seed ${params.seed} \\
         --process-name ${task.process} \\
         ${args}
     """
@@ -35,6 +44,10 @@ process TRAIN_VAE {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.embed.h5mu ${prefix}.vae.pt ${prefix}.vae_history.tsv ${prefix}_vae_loss_mqc.json versions.yml
+    touch ${prefix}.embed.h5mu ${prefix}.vae.pt ${prefix}.vae_history.tsv ${prefix}_vae_loss_mqc.json
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        coem: ${workflow.manifest.version}
+    END_VERSIONS
     """
 }

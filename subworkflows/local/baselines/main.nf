@@ -16,5 +16,7 @@ workflow BASELINES_COMPARISON {
     comparison = BASELINES.out.comparison // [ meta, P.method_comparison.tsv ]
     runtime    = BASELINES.out.runtime    // [ meta, P.runtime.tsv ]
     mqc        = BASELINES.out.mqc        // *_mqc.json for MultiQC
+    failed     = BASELINES.out.failed     // [ meta, coem_failed.txt ]: bad input, this sample stops here
+    warnings   = BASELINES.out.warnings   // [ meta, coem_warnings.txt ]
     versions   = BASELINES.out.versions
 }

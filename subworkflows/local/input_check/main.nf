@@ -19,12 +19,43 @@ def samplesheetFile(Map row, String column) {
     return f
 }
 
+// Columns that name files (relative paths resolve against the samplesheet's folder).
+def fileColumns() { ['h5', 'h5mu', 'rna', 'atac', 'labels', 'annotation', 'links'] }
+
+// A samplesheet that lives remotely (http(s)://, s3://, gs://, az://, ftp://): its relative paths
+// resolve against its remote folder. Returns a local copy in the work dir whose relative paths
+// are replaced by those URLs (absolute paths and URLs are kept); a local samplesheet as it is.
+def resolveRemoteSamplesheet(samplesheet) {
+    if (samplesheet.scheme == 'file') {
+        return samplesheet
+    }
+    def base = samplesheet.parent
+    def lines = samplesheet.text.readLines()
+    def header = lines ? lines[0].split(',', -1).collect { it.trim() } : []
+    def resolved = lines.withIndex().collect { line, i ->
+        if (i == 0 || !line.trim()) { return line }
+        def cells = line.split(',', -1) as List
+        cells.withIndex().collect { cell, j ->
+            def value = cell.trim()
+            def isFile = j < header.size() && header[j] in fileColumns()
+            def absolute = value.startsWith('/') || value ==~ /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/.*/
+            isFile && value && !absolute ? base.resolve(value).toUriString() : cell
+        }.join(',')
+    }
+    def local = file("${workflow.workDir}/coem_remote_samplesheet/${samplesheet.name}")
+    local.parent.mkdirs()
+    local.text = resolved.join('\n') + '\n'
+    log.info("Samplesheet ${samplesheet.toUriString()}: relative paths resolved against ${base.toUriString()}/")
+    return local
+}
+
 workflow INPUT_CHECK {
     take:
-    samplesheet // file: the user's samplesheet
+    samplesheet // file: the user's samplesheet (local or remote)
 
     main:
-    SAMPLESHEET_CHECK(samplesheet, samplesheet.toAbsolutePath().parent.toString())
+    def sheet = resolveRemoteSamplesheet(samplesheet)
+    SAMPLESHEET_CHECK(sheet, sheet.toAbsolutePath().parent.toString())
 
     ch_rows = SAMPLESHEET_CHECK.out.csv
         .splitCsv(header: true, strip: true)
