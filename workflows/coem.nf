@@ -3,7 +3,13 @@
  *   QC -> EMBED (pca_lsi) or TRAIN_VAE (vae) -> METACELLS -> AGGREGATE -> PEAK2GENE
  *                                                        \-> EVALUATE
  *                                                        \-> BASELINES (--run_baselines: SEACells)
+ *                                                        \-> EXPORT (the published cell-level MuData)
  * then one MULTIQC report over all samples, and RUN_STATUS (the run's exit status).
+ *
+ * Lean data flow (issue 14): QC writes the counts once (P.qc.h5mu). The embedding and metacell
+ * steps write only what they add (P.embedding.h5ad, P.metacells.h5ad: per-cell, no counts); the
+ * steps that need counts join P.qc.h5mu with those by sample id, and EXPORT assembles the
+ * published P.metacells.h5mu once, at the end.
  *
  * Per-sample failure isolation: a step that meets bad input in one sample emits a failure record
  * (coem_failed.txt) instead of its outputs, so that sample stops there and the others run to the
@@ -20,6 +26,7 @@ include { METACELLS    } from '../modules/local/metacells'
 include { AGGREGATE    } from '../modules/local/aggregate'
 include { PEAK2GENE    } from '../modules/local/peak2gene'
 include { EVALUATE     } from '../modules/local/evaluate'
+include { EXPORT       } from '../modules/local/export'
 include { MULTIQC      } from '../modules/local/multiqc'
 include { RUN_STATUS   } from '../modules/local/run_status'
 include { BASELINES_COMPARISON } from '../subworkflows/local/baselines'
@@ -49,14 +56,14 @@ workflow COEM {
 
     if (params.embedding == 'vae') {
         TRAIN_VAE(QC.out.h5mu)
-        ch_embedded = TRAIN_VAE.out.h5mu
+        ch_embedded = TRAIN_VAE.out.embedding
         ch_versions = ch_versions.mix(TRAIN_VAE.out.versions)
         ch_failed   = ch_failed.mix(failures(TRAIN_VAE.out.failed, 'TRAIN_VAE'))
         ch_warnings = ch_warnings.mix(warnings(TRAIN_VAE.out.warnings))
         ch_mqc      = ch_mqc.mix(TRAIN_VAE.out.mqc)
     } else {
         EMBED(QC.out.h5mu)
-        ch_embedded = EMBED.out.h5mu
+        ch_embedded = EMBED.out.embedding
         ch_versions = ch_versions.mix(EMBED.out.versions)
         ch_failed   = ch_failed.mix(failures(EMBED.out.failed, 'EMBED'))
         ch_warnings = ch_warnings.mix(warnings(EMBED.out.warnings))
@@ -68,13 +75,18 @@ workflow COEM {
     ch_warnings = ch_warnings.mix(warnings(METACELLS.out.warnings))
     ch_mqc      = ch_mqc.mix(METACELLS.out.mqc)
 
-    AGGREGATE(METACELLS.out.h5mu)
+    // Join by sample id: meta gains fields along the way (e.g. QC), the id stays.
+    def byId = { ch -> ch.map { row -> [row[0].id] + row } }
+    def joinById = { left, right -> byId(left).join(byId(right).map { row -> [row[0]] + row[2..-1] }).map { row -> row[1..-1] } }
+    ch_counts_metacells = joinById(QC.out.h5mu, METACELLS.out.cells)   // [ meta, P.qc.h5mu, P.metacells.h5ad ]
+
+    AGGREGATE(ch_counts_metacells)
     ch_versions = ch_versions.mix(AGGREGATE.out.versions)
     ch_failed   = ch_failed.mix(failures(AGGREGATE.out.failed, 'AGGREGATE'))
     ch_warnings = ch_warnings.mix(warnings(AGGREGATE.out.warnings))
 
     ch_p2g_input = params.p2g_single_cell
-        ? AGGREGATE.out.h5mu.join(METACELLS.out.h5mu)
+        ? joinById(AGGREGATE.out.h5mu, QC.out.h5mu)
         : AGGREGATE.out.h5mu.map { meta, agg -> [meta, agg, []] }
     // join by sample id: meta gains fields along the way (e.g. QC), the id stays
     ch_known_links = INPUT_CHECK.out.known_links.map { meta, links -> [meta.id, links] }
@@ -90,16 +102,22 @@ workflow COEM {
     ch_mqc      = ch_mqc.mix(PEAK2GENE.out.mqc)
 
     if (!params.skip_evaluation) {
-        EVALUATE(METACELLS.out.h5mu)
+        EVALUATE(ch_counts_metacells)
         ch_versions = ch_versions.mix(EVALUATE.out.versions)
         ch_failed   = ch_failed.mix(failures(EVALUATE.out.failed, 'EVALUATE'))
         ch_warnings = ch_warnings.mix(warnings(EVALUATE.out.warnings))
         ch_mqc      = ch_mqc.mix(EVALUATE.out.mqc)
     }
 
+    // The published cell-level MuData: counts, QC metrics, labels, z and metacells in one file.
+    EXPORT(joinById(joinById(QC.out.h5mu, ch_embedded), METACELLS.out.cells))
+    ch_versions = ch_versions.mix(EXPORT.out.versions)
+    ch_failed   = ch_failed.mix(failures(EXPORT.out.failed, 'EXPORT'))
+    ch_warnings = ch_warnings.mix(warnings(EXPORT.out.warnings))
+
     // SEACells baselines on the same cells, scored the same way (Table-2-style comparison).
     if (params.run_baselines) {
-        BASELINES_COMPARISON(METACELLS.out.h5mu)
+        BASELINES_COMPARISON(joinById(joinById(QC.out.h5mu, ch_embedded), METACELLS.out.cells))
         ch_versions = ch_versions.mix(BASELINES_COMPARISON.out.versions)
         ch_failed   = ch_failed.mix(failures(BASELINES_COMPARISON.out.failed, 'BASELINES'))
         ch_warnings = ch_warnings.mix(warnings(BASELINES_COMPARISON.out.warnings))

@@ -42,7 +42,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         print(line, file=sys.stderr)
         failure_file = os.environ.get(FAILURE_FILE_ENV)
         if failure_file:
-            _remove_task_outputs(keep=Path(failure_file).name)
+            _remove_task_outputs(keep={Path(failure_file).name, Path(os.environ.get(WARNINGS_FILE_ENV, "")).name})
             Path(failure_file).write_text(line + "\n", encoding="utf-8")
             return 0
         return EXIT_INPUT_ERROR
@@ -101,11 +101,11 @@ def _pipeline_version_mismatch() -> str | None:
             f"(-profile docker/singularity: image tag {wanted})")
 
 
-def _remove_task_outputs(keep: str) -> None:
+def _remove_task_outputs(keep: set[str]) -> None:
     """In a Nextflow task directory, delete what the failed step wrote, so nothing half-done is
     published: regular files only (inputs are staged as links), never Nextflow's ``.command*``."""
     for path in Path(".").iterdir():
-        if path.name == keep or path.name.startswith(".") or path.is_symlink() or not path.is_file():
+        if path.name in keep or path.name.startswith(".") or path.is_symlink() or not path.is_file():
             continue
         path.unlink()
 

@@ -3,7 +3,7 @@ process AGGREGATE {
     label 'process_single'
 
     input:
-    tuple val(meta), path(h5mu)
+    tuple val(meta), path(h5mu), path(metacells)  // QC counts, the metacell step's P.metacells.h5ad
 
     output:
     tuple val(meta), path("${prefix}.aggregated.h5mu")          , optional: true, emit: h5mu
@@ -26,7 +26,8 @@ process AGGREGATE {
     export COEM_PACKAGE_DIGEST=${task.ext.coem_digest ?: 'unset'}
     coem_aggregate.py \\
         --sample ${meta.id} \\
-        --input ${h5mu} \\
+        --input ${CoemShell.quote(h5mu)} \\
+        --metacells ${CoemShell.quote(metacells)} \\
         --prefix ${prefix} \\
         --process-name ${task.process} \\
         ${args}

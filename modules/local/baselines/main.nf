@@ -3,7 +3,7 @@ process BASELINES {
     label 'process_medium'
 
     input:
-    tuple val(meta), path(h5mu)
+    tuple val(meta), path(h5mu), path(embedding), path(metacells)  // QC counts, z, COEM's metacells
 
     output:
     tuple val(meta), path("${prefix}.method_comparison.tsv")    , optional: true, emit: comparison
@@ -32,7 +32,9 @@ process BASELINES {
     export NUMBA_NUM_THREADS=${task.cpus}
     coem_baselines.py \\
         --sample ${meta.id} \\
-        --input ${h5mu} \\
+        --input ${CoemShell.quote(h5mu)} \\
+        --embedding ${CoemShell.quote(embedding)} \\
+        --metacells ${CoemShell.quote(metacells)} \\
         --prefix ${prefix} \\
         --process-name ${task.process} \\
         ${args}

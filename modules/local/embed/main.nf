@@ -6,7 +6,7 @@ process EMBED {
     tuple val(meta), path(h5mu)
 
     output:
-    tuple val(meta), path("${prefix}.embed.h5mu")               , optional: true, emit: h5mu
+    tuple val(meta), path("${prefix}.embedding.h5ad")           , optional: true, emit: embedding
     tuple val(meta), path("coem_failed.txt")                    , optional: true, emit: failed
     tuple val(meta), path("coem_warnings.txt")                  , optional: true, emit: warnings
     path "versions.yml"                                         , optional: true, emit: versions
@@ -27,7 +27,7 @@ process EMBED {
     export OMP_NUM_THREADS=${task.cpus}
     coem_embed.py \\
         --sample ${meta.id} \\
-        --input ${h5mu} \\
+        --input ${CoemShell.quote(h5mu)} \\
         --prefix ${prefix} \\
         --process-name ${task.process} \\
         ${args}
@@ -36,7 +36,7 @@ process EMBED {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.embed.h5mu
+    touch ${prefix}.embedding.h5ad
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         coem: ${workflow.manifest.version}

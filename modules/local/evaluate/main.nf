@@ -3,7 +3,7 @@ process EVALUATE {
     label 'process_low'
 
     input:
-    tuple val(meta), path(h5mu)
+    tuple val(meta), path(h5mu), path(metacells)  // QC counts, the metacell step's P.metacells.h5ad
 
     output:
     tuple val(meta), path("${prefix}.evaluation.tsv")           , optional: true, emit: table
@@ -30,7 +30,8 @@ process EVALUATE {
     export OMP_NUM_THREADS=${task.cpus}
     coem_evaluate.py \\
         --sample ${meta.id} \\
-        --input ${h5mu} \\
+        --input ${CoemShell.quote(h5mu)} \\
+        --metacells ${CoemShell.quote(metacells)} \\
         --prefix ${prefix} \\
         --process-name ${task.process} \\
         ${args}

@@ -3,10 +3,10 @@ process METACELLS {
     label 'process_low'
 
     input:
-    tuple val(meta), path(h5mu)
+    tuple val(meta), path(embedding)
 
     output:
-    tuple val(meta), path("${prefix}.metacells.h5mu")           , optional: true, emit: h5mu
+    tuple val(meta), path("${prefix}.metacells.h5ad")           , optional: true, emit: cells
     path "${prefix}.metacell_sizes.tsv"                         , optional: true, emit: sizes
     path "*_mqc.json"                                           , optional: true, emit: mqc
     tuple val(meta), path("coem_failed.txt")                    , optional: true, emit: failed
@@ -29,7 +29,7 @@ process METACELLS {
     export OMP_NUM_THREADS=${task.cpus}
     coem_metacells.py \\
         --sample ${meta.id} \\
-        --input ${h5mu} \\
+        --input ${CoemShell.quote(embedding)} \\
         --prefix ${prefix} \\
         --process-name ${task.process} \\
         ${args}
@@ -38,7 +38,7 @@ process METACELLS {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.metacells.h5mu ${prefix}.metacell_sizes.tsv ${prefix}_metacells_summary_mqc.json
+    touch ${prefix}.metacells.h5ad ${prefix}.metacell_sizes.tsv ${prefix}_metacells_summary_mqc.json
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         coem: ${workflow.manifest.version}

@@ -3,7 +3,7 @@ process PEAK2GENE {
     label 'process_low'
 
     input:
-    tuple val(meta), path(aggregated), path(cells), path(known_links)  // cells / known_links: a file or []
+    tuple val(meta), path(aggregated), path(cells), path(known_links)  // cells (QC counts) / known_links: a file or []
     path fasta                                                         // genome FASTA for GC matching, or []
 
     output:
@@ -22,9 +22,9 @@ process PEAK2GENE {
     script:
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
-    def sc    = cells ? "--cells ${cells}" : ''
-    def known = known_links ? "--known-links ${known_links}" : ''
-    def gc    = fasta ? "--fasta ${fasta}" : ''
+    def sc    = cells ? "--cells ${CoemShell.quote(cells)}" : ''
+    def known = known_links ? "--known-links ${CoemShell.quote(known_links)}" : ''
+    def gc    = fasta ? "--fasta ${CoemShell.quote(fasta)}" : ''
     // Per-sample failure isolation: a bad-input error writes coem_failed.txt and exits 0 with no
     // other output (coem/cli/_common.py), so this sample stops here and the others go on.
     """
@@ -35,7 +35,7 @@ process PEAK2GENE {
     export OMP_NUM_THREADS=${task.cpus}
     coem_peak2gene.py \\
         --sample ${meta.id} \\
-        --input ${aggregated} \\
+        --input ${CoemShell.quote(aggregated)} \\
         ${sc} \\
         ${known} \\
         ${gc} \\

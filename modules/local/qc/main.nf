@@ -20,11 +20,11 @@ process QC {
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
     def inputs = [
-        h5         ? "--h5 ${h5}"                 : '',
-        h5mu       ? "--h5mu ${h5mu}"             : '',
-        rna        ? "--rna ${rna} --atac ${atac}" : '',
-        labels     ? "--labels ${labels}"         : '',
-        annotation ? "--annotation ${annotation}" : '',
+        h5         ? "--h5 ${CoemShell.quote(h5)}"                 : '',
+        h5mu       ? "--h5mu ${CoemShell.quote(h5mu)}"             : '',
+        rna        ? "--rna ${CoemShell.quote(rna)} --atac ${CoemShell.quote(atac)}" : '',
+        labels     ? "--labels ${CoemShell.quote(labels)}"         : '',
+        annotation ? "--annotation ${CoemShell.quote(annotation)}" : '',
     ].findAll().join(' ')
     // Per-sample failure isolation: a bad-input error writes coem_failed.txt and exits 0 with no
     // other output (coem/cli/_common.py), so this sample stops here and the others go on.

@@ -22,8 +22,8 @@ process SAMPLESHEET_CHECK {
     export COEM_PIPELINE_VERSION=${workflow.manifest.version}
     export COEM_PACKAGE_DIGEST=${task.ext.coem_digest ?: 'unset'}
     coem_samplesheet_check.py \\
-        --input ${samplesheet} \\
-        --base-dir ${base_dir} \\
+        --input ${CoemShell.quote(samplesheet)} \\
+        --base-dir ${CoemShell.quote(base_dir)} \\
         --output samplesheet.valid.csv \\
         ${check_files} \\
         --process-name ${task.process}
@@ -34,8 +34,8 @@ process SAMPLESHEET_CHECK {
     """
     export COEM_PIPELINE_VERSION=${workflow.manifest.version}
     coem_samplesheet_check.py \\
-        --input ${samplesheet} \\
-        --base-dir ${base_dir} \\
+        --input ${CoemShell.quote(samplesheet)} \\
+        --base-dir ${CoemShell.quote(base_dir)} \\
         --output samplesheet.valid.csv \\
         --no-check-files \\
         --process-name ${task.process}

@@ -6,7 +6,7 @@ process TRAIN_VAE {
     tuple val(meta), path(h5mu)
 
     output:
-    tuple val(meta), path("${prefix}.embed.h5mu")               , optional: true, emit: h5mu
+    tuple val(meta), path("${prefix}.embedding.h5ad")           , optional: true, emit: embedding
     path "${prefix}.vae.pt"                                     , optional: true, emit: checkpoint
     path "${prefix}.vae_history.tsv"                            , optional: true, emit: history
     path "*_mqc.json"                                           , optional: true, emit: mqc
@@ -33,7 +33,7 @@ process TRAIN_VAE {
     export OMP_NUM_THREADS=${task.cpus}
     coem_train_vae.py \\
         --sample ${meta.id} \\
-        --input ${h5mu} \\
+        --input ${CoemShell.quote(h5mu)} \\
         --prefix ${prefix} \\
         --device ${device} \\
         --threads ${task.cpus} \\
@@ -44,7 +44,7 @@ process TRAIN_VAE {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.embed.h5mu ${prefix}.vae.pt ${prefix}.vae_history.tsv ${prefix}_vae_loss_mqc.json
+    touch ${prefix}.embedding.h5ad ${prefix}.vae.pt ${prefix}.vae_history.tsv ${prefix}_vae_loss_mqc.json
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         coem: ${workflow.manifest.version}

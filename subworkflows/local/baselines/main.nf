@@ -7,10 +7,10 @@ include { BASELINES } from '../../../modules/local/baselines'
 
 workflow BASELINES_COMPARISON {
     take:
-    metacells_h5mu // [ meta, P.metacells.h5mu ]: per-cell MuData with obsm X_embedding and obs metacell
+    cells // [ meta, P.qc.h5mu, P.embedding.h5ad, P.metacells.h5ad ]: counts, COEM's z, COEM's metacells
 
     main:
-    BASELINES(metacells_h5mu)
+    BASELINES(cells)
 
     emit:
     comparison = BASELINES.out.comparison // [ meta, P.method_comparison.tsv ]

@@ -58,7 +58,7 @@ workflow INPUT_CHECK {
     SAMPLESHEET_CHECK(sheet, sheet.toAbsolutePath().parent.toString())
 
     ch_rows = SAMPLESHEET_CHECK.out.csv
-        .splitCsv(header: true, strip: true)
+        .splitCsv(header: true, strip: true, quote: '"')  // a quoted path may hold a comma
         .map { row ->
             def kind = row.h5 ? 'h5' : row.h5mu ? 'h5mu' : 'pair'
             def meta = [id: row.sample, input_kind: kind, has_labels: row.labels as boolean]
