@@ -236,26 +236,29 @@ def _task_bytes(task_dir):
 
 def test_steps_after_qc_write_only_what_they_add(test_profile_run):
     """Issue 14: the counts are written once (QC) and once more for the published MuData (EXPORT);
-    every other step writes under a tenth of what it reads. The VAE checkpoint is left out of
-    TRAIN_VAE's share: its size is the model's (features x hidden units), not the sample's, and
-    dominates on the 600-cell test data. AGGREGATE writes the metacell counts: 30 metacells of
-    20 cells each keep most of the features' non-zeros here (about a fifth of the QC file)."""
-    per_step = {}
-    for command in (test_profile_run.launch_dir / "work").glob("*/*/.command.sh"):
+    every other step writes under a tenth of the sample's counts (the QC output, what each step
+    would have copied before). The VAE checkpoint is left out of TRAIN_VAE's share: its size is
+    the model's (features x hidden units), not the sample's, and dominates on the 600-cell test
+    data. AGGREGATE writes the metacell counts: 30 metacells of 20 cells each keep most of the
+    features' non-zeros here (about a fifth of the QC file)."""
+    work = test_profile_run.launch_dir / "work"
+    counts = {p.name.split(".")[0]: p.stat().st_size for p in work.glob("*/*/*.qc.h5mu") if not p.is_symlink()}
+    assert set(counts) == set(SAMPLES)
+    seen = set()
+    for command in work.glob("*/*/.command.sh"):
         script = command.read_text()
         step = next((s for s in ("train_vae", "embed", "metacells", "aggregate", "evaluate", "peak2gene", "export",
                                  "qc") if f"coem_{s}.py" in script), None)
         if step is None:
             continue
+        seen.add(step)
+        sample = next(s for s in SAMPLES if f"--sample {s}" in script)
         read, written = _task_bytes(command.parent)
         if step == "train_vae":
             written -= sum(p.stat().st_size for p in command.parent.glob("*.vae.pt"))
-        per_step.setdefault(step, []).append((read, written))
-    assert {"qc", "train_vae", "metacells", "aggregate", "evaluate", "peak2gene", "export"} <= set(per_step)
-    for step, tasks in per_step.items():
-        for read, written in tasks:
-            assert read > 0 and written > 0, step
-            if step in ("qc", "export"):
-                continue  # the counts, once filtered and once published
-            limit = 0.25 if step == "aggregate" else 0.1
-            assert written < limit * read, f"{step} wrote {written:,} bytes of {read:,} read"
+        assert read > 0 and written > 0, step
+        if step in ("qc", "export"):
+            continue  # the counts, once filtered and once published
+        limit = 0.25 if step == "aggregate" else 0.1
+        assert written < limit * counts[sample], f"{step} wrote {written:,} bytes; the counts are {counts[sample]:,}"
+    assert {"qc", "train_vae", "metacells", "aggregate", "evaluate", "peak2gene", "export"} <= seen
