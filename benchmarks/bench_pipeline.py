@@ -50,6 +50,8 @@ def _bytes(text: str) -> int:
     text = text.strip()
     if text in ("", "-"):
         return 0
+    if " " not in text:
+        return int(float(text))
     value, unit = text.split()
     scale = {"B": 1, "KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "TB": 2 ** 40}[unit]
     return int(float(value) * scale)

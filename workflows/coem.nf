@@ -102,7 +102,8 @@ workflow COEM {
     ch_mqc      = ch_mqc.mix(PEAK2GENE.out.mqc)
 
     if (!params.skip_evaluation) {
-        EVALUATE(ch_counts_metacells)
+        // AGGREGATE's dubious-metacell table: the test runs once per sample, not again here
+        EVALUATE(joinById(ch_counts_metacells, AGGREGATE.out.dubious))
         ch_versions = ch_versions.mix(EVALUATE.out.versions)
         ch_failed   = ch_failed.mix(failures(EVALUATE.out.failed, 'EVALUATE'))
         ch_warnings = ch_warnings.mix(warnings(EVALUATE.out.warnings))

@@ -9,6 +9,8 @@ holding both). Outputs (``P`` = ``--prefix``):
   ``dubious`` and per modality ``dubious_<mod>``, ``dubious_excess_<mod>``, ``dubious_q_<mod>``;
   with ``--drop-dubious`` the dubious metacells are left out (they then do not reach
   peak-to-gene); the earlier steps' records are kept in ``uns['coem']`` and this step's is added;
+- ``P.dubious.tsv``: the dubious-metacell test, one row per metacell (all of them), which the
+  evaluate step takes (``--dubious-table``) instead of running the test again;
 - ``versions.yml``.
 """
 
@@ -86,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run.stage("dubious") as stage:
             table = dubious_table(mdata, args)
             add_dubious(agg, table)
+            table.to_csv(f"{run.prefix}.dubious.tsv", sep="\t", index_label="metacell")  # EVALUATE reuses it
             n_dubious = int(table["dubious"].sum())
             stage.done(f"{n_dubious} of {len(table)} metacells dubious")
     n_metacells = agg.n_obs

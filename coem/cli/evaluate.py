@@ -58,6 +58,9 @@ def build_parser():
     from coem.cli.aggregate import add_dubious_arguments
 
     add_dubious_arguments(parser)
+    parser.add_argument("--dubious-table", default=None,
+                        help="the aggregate step's P.dubious.tsv: reuse its dubious-metacell test instead of "
+                             "running it again")
     return parser
 
 
@@ -76,6 +79,21 @@ def metacell_ids(mdata, key: str, sample: str, path: str) -> np.ndarray:
         raise CoemInputError(f"{int(ids.isna().sum())} cells have no metacell in obs['{key}']; every cell "
                              "must be assigned", sample=sample, file=path)
     return ids.astype(str).to_numpy()
+
+
+def read_dubious_table(path: str, ids: np.ndarray) -> pd.DataFrame:
+    """The aggregate step's ``P.dubious.tsv`` (the same test, run once per sample); it must cover
+    every metacell of the assignment."""
+    try:
+        table = pd.read_csv(path, sep="\t", index_col="metacell")
+    except (OSError, ValueError) as err:
+        raise CoemInputError(f"cannot read the dubious-metacell table: {err}") from err
+    missing = sorted(set(ids) - set(table.index.astype(str)))
+    if "dubious" not in table.columns or missing:
+        raise CoemInputError(f"the dubious-metacell table lacks the 'dubious' column or metacells "
+                             f"({len(missing)} missing, e.g. {missing[:3]}); pass the same run's P.dubious.tsv")
+    table.index = table.index.astype(str)
+    return table.loc[sorted(set(ids))]
 
 
 # --------------------------------------------------------------------------- compute
@@ -233,12 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with run.stage("metrics") as stage:
         table, summary = metrics.evaluate_metacells(ids, components, labels)
         stage.done(f"metrics of {len(table):,} metacells (labels {'present' if labels is not None else 'absent'})")
-    if args.dubious_permutations:
+    if args.dubious_table or args.dubious_permutations:
         from coem import dubious
         from coem.cli.aggregate import dubious_table
 
-        with run.stage("dubious") as stage:
-            flags = dubious_table(mdata, args)
+        with run.stage("dubious", file=args.dubious_table) as stage:
+            flags = read_dubious_table(args.dubious_table, ids) if args.dubious_table else dubious_table(mdata, args)
             table = table.join(flags.rename(index=str))
             summary["dubious"] = dubious.summary(flags)
             stage.done(f"{summary['dubious']['n_dubious']} of {len(flags)} metacells dubious")

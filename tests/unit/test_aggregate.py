@@ -156,6 +156,17 @@ def test_cli_end_to_end_embed_metacells_aggregate(tmp_path, tiny_sim, monkeypatc
     np.testing.assert_array_equal(agg.obs["dubious"], agg.obs["dubious_rna"] | agg.obs["dubious_atac"])
     assert record["n_dubious"] == int(agg.obs["dubious"].sum()) and record["n_dropped"] == 0
 
+    # the evaluate step reuses the aggregate step's test (P.dubious.tsv): same table as running it again
+    from coem.cli.evaluate import main as evaluate_main
+
+    table = pd.read_csv("S1.dubious.tsv", sep="\t", index_col="metacell")
+    assert len(table) == 10 and table["dubious"].sum() == record["n_dubious"]
+    small = ["--n-hvg", "200", "--n-pcs", "10", "--n-lsi", "10", "--metacells", "S1.metacells.h5ad"]
+    assert evaluate_main(["--sample", "S1", "--prefix", "E1", "--input", "S1.qc.h5mu", *small]) == 0
+    assert evaluate_main(["--sample", "S1", "--prefix", "E2", "--input", "S1.qc.h5mu", *small,
+                          "--dubious-table", "S1.dubious.tsv"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv("E1.evaluation.tsv", sep="\t"), pd.read_csv("E2.evaluation.tsv", sep="\t"))
+
     # --drop-dubious: the flagged metacells are gone from the output (3 of the 10 here, one of
     # them the least pure: label fraction 0.79)
     assert record["n_dubious"] == 3 and agg.obs.loc[agg.obs["dubious"], "label_fraction"].min() < 0.8

@@ -7,6 +7,7 @@ process AGGREGATE {
 
     output:
     tuple val(meta), path("${prefix}.aggregated.h5mu")          , optional: true, emit: h5mu
+    tuple val(meta), path("${prefix}.dubious.tsv")              , optional: true, emit: dubious
     tuple val(meta), path("coem_failed.txt")                    , optional: true, emit: failed
     tuple val(meta), path("coem_warnings.txt")                  , optional: true, emit: warnings
     path "versions.yml"                                         , optional: true, emit: versions
@@ -36,7 +37,7 @@ process AGGREGATE {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.aggregated.h5mu
+    touch ${prefix}.aggregated.h5mu ${prefix}.dubious.tsv
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         coem: ${workflow.manifest.version}

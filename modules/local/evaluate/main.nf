@@ -3,7 +3,7 @@ process EVALUATE {
     label 'process_low'
 
     input:
-    tuple val(meta), path(h5mu), path(metacells)  // QC counts, the metacell step's P.metacells.h5ad
+    tuple val(meta), path(h5mu), path(metacells), path(dubious)  // QC counts, P.metacells.h5ad, AGGREGATE's P.dubious.tsv (or [])
 
     output:
     tuple val(meta), path("${prefix}.evaluation.tsv")           , optional: true, emit: table
@@ -20,6 +20,7 @@ process EVALUATE {
     script:
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
+    def dubious_table = dubious ? "--dubious-table ${CoemShell.quote(dubious)}" : ''
     // Per-sample failure isolation: a bad-input error writes coem_failed.txt and exits 0 with no
     // other output (coem/cli/_common.py), so this sample stops here and the others go on.
     """
@@ -32,6 +33,7 @@ process EVALUATE {
         --sample ${meta.id} \\
         --input ${CoemShell.quote(h5mu)} \\
         --metacells ${CoemShell.quote(metacells)} \\
+        ${dubious_table} \\
         --prefix ${prefix} \\
         --process-name ${task.process} \\
         ${args}
