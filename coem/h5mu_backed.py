@@ -2,15 +2,12 @@
 
 For inputs larger than memory (a million cells x 20,000 peaks is tens of GB as CSR), a step
 that only needs rows in batches (the VAE) reads them from the file through
-:class:`coem.model.data.H5CSRSource`, and writes its result by copying the file and adding
-its new entries (``obsm``, the step record under ``uns/coem``) with anndata's element
-writer, so the output is an ordinary MuData that the next step reads as usual.
+:class:`coem.model.data.H5CSRSource`, and the names, obs and step records from here. Adding
+entries to an .h5mu in place (the export step) is ``coem.stepfiles.add_to_h5mu``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,36 +60,6 @@ def first_values(path: str | Path, group: str, n: int) -> np.ndarray:
 
     with h5py.File(path, "r") as f:
         return f[group]["data"][:n]
-
-
-def copy_with_additions(src: str | Path, final: str | Path, obsm: dict[str, np.ndarray],
-                        records: dict[str, str]) -> None:
-    """Copy ``src`` to ``final`` adding ``obsm`` entries and ``uns['coem']`` step records (JSON).
-
-    Written to ``<final>.partial`` and renamed at the end, so a crash never leaves a plausible
-    output. Existing entries of the same names are replaced.
-    """
-    import h5py
-    from anndata.io import write_elem
-
-    partial = Path(f"{final}.partial")
-    try:
-        shutil.copyfile(src, partial)
-        with h5py.File(partial, "r+") as f:
-            for key, value in obsm.items():
-                if key in f["obsm"]:
-                    del f["obsm"][key]
-                write_elem(f["obsm"], key, np.asarray(value))
-            if "coem" not in f["uns"]:
-                write_elem(f["uns"], "coem", {})
-            for step, record in records.items():
-                if step in f["uns/coem"]:
-                    del f["uns/coem"][step]
-                write_elem(f["uns/coem"], step, record)
-        os.replace(partial, final)
-    finally:
-        if partial.exists():
-            partial.unlink()
 
 
 def read_obs(path: str | Path) -> pd.DataFrame:
