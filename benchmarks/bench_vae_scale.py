@@ -65,7 +65,7 @@ def run(n_cells: int, backed: str, args) -> dict:
                            check=True, cwd=work, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - wall
     usage = json.loads(child.stdout.strip().splitlines()[-1])
-    record = json.loads(_embed_record(work / "out.embed.h5mu"))
+    record = json.loads(_embed_record(work / "out.embedding.h5ad"))
     t = record["timings"]
     row = {"n_cells": n_cells, "backed": record["backed"], "csr_in_memory_gib": csr_gib(path),
            "read_and_features_s": round(t["read_s"] + t["features_s"], 1),

@@ -55,7 +55,7 @@ def load_simulated(n_cells: int, seed: int):
 def vae_embedding(qc_path: Path, workdir: Path, epochs: int, seed: int, threads: int,
                   extra: list[str] = ()) -> tuple[np.ndarray, dict]:
     """Train with the pipeline's own command, so this measures exactly what the pipeline runs."""
-    import mudata
+    import anndata
 
     from coem.cli.train_vae import main as train_main
 
@@ -65,7 +65,7 @@ def vae_embedding(qc_path: Path, workdir: Path, epochs: int, seed: int, threads:
                     "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--threads", str(threads),
                     *extra])
     seconds = time.perf_counter() - start
-    embedded = mudata.read_h5mu(workdir / "ablation.embed.h5mu")
+    embedded = anndata.read_h5ad(workdir / "ablation.embedding.h5ad")  # the step writes z, not the counts
     record = json.loads(embedded.uns["coem"]["embed"])
     return np.asarray(embedded.obsm["X_embedding"]), {
         "seconds": round(seconds, 1), "epochs_max": epochs, "args": " ".join(extra),
