@@ -86,7 +86,7 @@ def build_parser():
     parser = base_parser("Peak-to-gene links across the metacells of one sample.")
     parser.add_argument("--input", required=True, help="aggregated metacells (P.aggregated.h5mu)")
     parser.add_argument("--cells", default=None,
-                        help="optional cell-level MuData (P.metacells.h5mu) for a single-cell comparison")
+                        help="optional cell-level MuData (the QC step's P.qc.h5mu) for a single-cell comparison")
     parser.add_argument("--max-cells", type=int, default=5000,
                         help="cells sampled (seeded) for the single-cell comparison (default: 5000)")
     parser.add_argument("--window", type=int, default=100_000, help="bp either side of the anchor (default: 100000)")

@@ -2,9 +2,10 @@
 
 Outputs (``P`` = ``--prefix``, default the sample id):
 
-- ``P.embed.h5mu``: the input MuData with ``obsm['X_embedding']`` = posterior means z (same
-  contract as the pca_lsi embedding step) and the step record under ``uns['coem']['embed']``
-  (``params.method = 'vae'``: device, torch/CUDA versions, epochs, seconds per epoch, losses, seed);
+- ``P.embedding.h5ad``: only what this step adds (``coem.stepfiles``): no counts, the cells' obs
+  (QC metrics, labels), ``obsm['X_embedding']`` = posterior means z (same contract as the pca_lsi
+  embedding step) and the step records under ``uns['coem']`` (QC's, and this step's ``embed``:
+  ``params.method = 'vae'``, device, torch/CUDA versions, epochs, seconds per epoch, losses, seed);
 - ``P.vae.pt``: the trained model, ``coem.model.COEMVAE.save``'s checkpoint (weights, and as
   JSON: config, parameters, history, the genes and peaks used); ``COEMVAE.load`` reads it safely;
 - ``P.vae_history.tsv``: one row per epoch (losses and their parts, KL weight, seconds);
@@ -13,8 +14,8 @@ Outputs (``P`` = ``--prefix``, default the sample id):
   epoch order) and ``P_vae_summary_mqc.json`` (table ``coem_vae_summary``);
 - ``versions.yml``.
 
-The h5mu is written under a temporary name and renamed last, so a failed run never leaves a
-file that looks like a good output.
+The embedding file is written under a temporary name and renamed last, so a failed run never
+leaves a file that looks like a good output.
 """
 
 from __future__ import annotations
