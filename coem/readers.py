@@ -292,7 +292,7 @@ def assemble(
     shared = shared_barcodes(rna.obs_names, atac.obs_names, sample, file)
     mods = {"rna": rna[shared].copy(), "atac": atac[shared].copy()}
     mdata = _quiet(md.MuData, mods)
-    # What the intersection cost, for the QC step's data-loss warnings (coem.qc.input_warnings).
+    # What the intersection cost, for the QC step's data-loss warnings (coem.qc.data_loss_warnings).
     mdata.uns["coem_input"] = {"rna_barcodes": int(rna.n_obs), "atac_barcodes": int(atac.n_obs),
                                "shared_barcodes": int(len(shared))}
     if obs is not None and len(obs.columns):
@@ -319,13 +319,13 @@ def _with_counts(adata: ad.AnnData, modality: str) -> ad.AnnData:
     X is normalised and ``.raw`` holds integers (scanpy's habit), then ``.raw`` with its var."""
     if "counts" in adata.layers:
         return ad.AnnData(X=adata.layers["counts"], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
-    if adata.raw is not None and not _looks_integer(adata.X) and _looks_integer(adata.raw.X):
+    if adata.raw is not None and not looks_integer(adata.X) and looks_integer(adata.raw.X):
         log.info("%s: X is normalised; the raw counts in .raw are used (%d features)", modality, adata.raw.n_vars)
         return ad.AnnData(X=adata.raw.X, obs=adata.obs, var=adata.raw.var, uns=dict(adata.uns))
     return adata
 
 
-def _looks_integer(matrix, n: int = 100_000) -> bool:
+def looks_integer(matrix, n: int = 100_000) -> bool:
     """Whether the first ``n`` stored values are whole numbers (a cheap test for raw counts)."""
     values = matrix.data[:n] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:n]
     return bool(np.issubdtype(values.dtype, np.number) and np.all(np.mod(values, 1) == 0))
@@ -393,11 +393,11 @@ def expect_file_kind(path: str | Path, expected: str, sample: str | None = None,
     ``expected``; say what a non-HDF5 file looks like. Unreadable HDF5 passes (its reader says why)."""
     if not Path(path).is_file():
         raise CoemInputError("input file not found", sample, path)
-    kind = sniff_file_kind(path)
     want, _ = FILE_KINDS[expected]
-    if kind is None and not h5py.is_hdf5(path):
+    if not h5py.is_hdf5(path):
         raise CoemInputError(f"cannot read the file as HDF5{reading}: not an HDF5 file (file signature not "
                              f"found): {_describe_non_hdf5(path)}; expected {want}", sample, path)
+    kind = sniff_file_kind(path)
     if kind is None or kind == expected or kind == "hdf5":
         return  # an HDF5 file of no known kind: the reader names what is missing
     what, column = FILE_KINDS[kind]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,25 @@ def cells_file(obs: pd.DataFrame, obsm: dict | None = None, records: dict | None
     return adata
 
 
-def write_cells(adata, final: str | Path) -> Path:
-    """Write to ``<final>.partial`` and rename, so a crash never leaves a plausible output."""
+@contextmanager
+def atomic_output(final: str | Path):
+    """Yield ``<final>.partial`` to write to; it becomes ``final`` only when the block succeeds and
+    is deleted otherwise, so a crash never leaves a file that looks like a good output."""
     final = Path(final)
     partial = Path(f"{final}.partial")
     try:
-        adata.write_h5ad(partial)
+        yield partial
         os.replace(partial, final)
     finally:
         if partial.exists():
             partial.unlink()
-    return final
+
+
+def write_cells(adata, final: str | Path) -> Path:
+    """Write a per-cell file atomically (``atomic_output``)."""
+    with atomic_output(final) as partial:
+        adata.write_h5ad(partial)
+    return Path(final)
 
 
 def read_cells(path: str | Path, sample: str, hint: str, needs: tuple[str, ...] = ()):

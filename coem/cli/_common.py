@@ -171,14 +171,10 @@ def read_mudata(path: str, sample: str, hint: str):
 
 def write_mudata_atomically(mdata, final: Path) -> None:
     """Write to ``<final>.partial`` and rename, so a crash never leaves a plausible output."""
-    partial = Path(f"{final}.partial")
-    try:
-        with quiet_mudata():
-            mdata.write(str(partial))
-        os.replace(partial, final)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    from coem.stepfiles import atomic_output
+
+    with atomic_output(final) as partial, quiet_mudata():
+        mdata.write(str(partial))
 
 
 # The frame every step's main() shares

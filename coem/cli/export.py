@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from coem import h5mu_backed
     from coem.provenance import record_json
-    from coem.stepfiles import add_to_h5mu, check_same_cells, read_cells
+    from coem.stepfiles import add_to_h5mu, atomic_output, check_same_cells, read_cells
 
     with run.stage("read") as stage:
         if not Path(args.input).is_file():
@@ -61,17 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     final = Path(f"{run.prefix}.metacells.h5mu")
     records = {**embedding.uns.get("coem", {}), **metacells.uns.get("coem", {})}
     with run.stage("write") as stage:
-        partial = Path(f"{final}.partial")
-        try:
+        with atomic_output(final) as partial:
             shutil.copyfile(args.input, partial)
             records[STEP] = record_json(run.record({"input": args.input, "embedding": args.embedding,
                                                     "metacells": args.metacells}))
             add_to_h5mu(partial, obs={"metacell": metacells.obs["metacell"].astype(str).to_numpy()},
                         obsm={"X_embedding": embedding.obsm["X_embedding"]}, records=records)
-            final.unlink(missing_ok=True)
-            partial.rename(final)
-        finally:
-            partial.unlink(missing_ok=True)
         run.write_versions()
         stage.done(f"wrote {final} ({final.stat().st_size / 1e6:,.1f} MB)")
     return 0

@@ -19,7 +19,6 @@ looks like a good output.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -274,14 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write_outputs(prefix: str, args, filtered, report: QCReport, run: StepRun) -> None:
     """Write everything; the h5mu goes to a temporary name and is renamed only at the end."""
-    final = Path(f"{prefix}.qc.h5mu")
-    partial = Path(f"{prefix}.qc.h5mu.partial")
-    try:
+    from coem.stepfiles import atomic_output
+
+    with atomic_output(f"{prefix}.qc.h5mu") as partial:
         filtered.write(str(partial))
         Path(f"{prefix}.qc_summary.json").write_text(json.dumps(report.to_dict(), indent=1))
         write_multiqc(prefix, args.sample, report, filtered.obs, args.seed)
         run.write_versions()
-        os.replace(partial, final)
-    finally:
-        if partial.exists():
-            partial.unlink()

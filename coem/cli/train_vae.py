@@ -209,8 +209,9 @@ def read_input(path: str, mode: str, sample: str):
 
 def _check_integers(matrix, what: str, sample: str, path: str) -> None:
     """Count likelihoods need raw counts: non-integers mean normalised data was given."""
-    values = matrix.data[:INTEGER_CHECK_VALUES] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:INTEGER_CHECK_VALUES]
-    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+    from coem.readers import looks_integer
+
+    if not looks_integer(matrix, INTEGER_CHECK_VALUES):
         raise CoemInputError(
             f"{what} values are not integers (normalised data?); the VAE needs raw counts in .X",
             sample=sample, file=path,
