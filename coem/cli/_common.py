@@ -166,7 +166,12 @@ def read_mudata(path: str, sample: str, hint: str):
         with quiet_mudata():
             return mudata.read_h5mu(path)
     except Exception as err:  # h5py/anndata raise many types for a corrupt file
-        raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err})", sample=sample, file=path) from err
+        from coem.readers import FILE_KINDS, sniff_file_kind
+
+        kind = sniff_file_kind(path)  # say what it is when it is another kind of HDF5 file
+        what = f": it is {FILE_KINDS[kind][0]}" if kind not in (None, "h5mu", "hdf5") else ""
+        raise CoemInputError(f"cannot read as MuData ({type(err).__name__}: {err}){what}; {hint}",
+                             sample=sample, file=path) from err
 
 
 def write_mudata_atomically(mdata, final: Path) -> None:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -113,3 +114,18 @@ def test_warn_user_keeps_warnings_for_the_end_of_run_summary(tmp_path, monkeypat
     warn_user("labels cover 10% of cells", "S1", "qc")
     lines = (tmp_path / "coem_warnings.txt").read_text().splitlines()
     assert lines == ["S1\tqc\t30% of cells dropped: barcodes differ", "S1\tqc\tlabels cover 10% of cells"]
+
+
+def test_reading_another_kind_of_file_says_what_it_is(tmp_path):
+    """A step given a per-cell .h5ad where the counts' .h5mu belongs: the error says what the file is."""
+    import anndata as ad
+
+    from coem.cli._common import read_mudata
+
+    path = tmp_path / "S1.embedding.h5ad"
+    ad.AnnData(obs=pd.DataFrame(index=["c1", "c2"])).write_h5ad(path)
+    with pytest.raises(CoemInputError) as info:
+        read_mudata(str(path), "S1", "pass the QC step's P.qc.h5mu with --input")
+    message = str(info.value)
+    assert message.startswith(f"sample 'S1', file '{path}': cannot read as MuData (")
+    assert message.endswith("it is an AnnData file (HDF5 with /X, /obs, /var); pass the QC step's P.qc.h5mu with --input")
