@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from coem.chunked import CHUNK_ROWS, ChunkedMatrix
 from coem.errors import CoemInputError
 
 
@@ -73,10 +74,32 @@ def metacell_table(metacells: pd.Series, labels: pd.Series | None = None) -> pd.
     return out
 
 
-def sum_counts(X, codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
-    """Sum the rows of X per group: (S @ X) as float32 CSR."""
-    summed = indicator_matrix(codes, n_groups) @ sp.csr_matrix(X)
-    return sp.csr_matrix(summed, dtype=np.float32)
+# Largest dense groups x features table for the per-metacell sums (bytes); beyond it the sums
+# stay sparse (slower: each chunk's part is added to a sparse total).
+DENSE_SUM_BYTES = 4 * 2**30
+
+
+def sum_counts(X, codes: np.ndarray, n_groups: int, chunk_rows: int = CHUNK_ROWS) -> sp.csr_matrix:
+    """Sum the rows of X per group: (S @ X) as float32 CSR.
+
+    ``X``: a sparse matrix or a ``coem.chunked`` source (counts on disk), read ``chunk_rows`` rows
+    at a time; each chunk's per-group sums go into one dense float64 groups x features table
+    (metacells are few; integer counts add up exactly) when it fits in ``DENSE_SUM_BYTES``, so
+    memory is a chunk plus that table.
+    """
+    rows = ChunkedMatrix(X, chunk_rows=chunk_rows, cache_bytes=0)
+    n_features = rows.source.shape[1]
+    dense = n_groups * n_features * 8 <= DENSE_SUM_BYTES
+    total = np.zeros((n_groups, n_features)) if dense else sp.csr_matrix((n_groups, n_features))
+    for start, block in rows.blocks():
+        part = sp.csr_matrix(indicator_matrix(codes[start : start + block.shape[0]], n_groups) @ block)
+        if not dense:
+            total = total + part
+            continue
+        part.sum_duplicates()  # unique (group, feature) pairs: a fancy-index += adds each once
+        rows_of_entries = np.repeat(np.arange(n_groups), np.diff(part.indptr))
+        total.reshape(-1)[rows_of_entries * n_features + part.indices] += part.data
+    return sp.csr_matrix(total, dtype=np.float32)
 
 
 # Per-cell library sizes that count more than the kept features (e.g. sci-CAR's UMIs over all

@@ -30,10 +30,16 @@ Metacells with fewer than ``MIN_CELLS`` cells are not tested (NaN, not dubious).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import norm
+from threadpoolctl import threadpool_limits
+
+from coem.chunked import ChunkedMatrix
 
 from coem._logging import get_logger
 from coem.errors import CoemInputError
@@ -62,13 +68,33 @@ def log_normalise(X) -> sp.csr_matrix:
     return out
 
 
-def top_variable(Xn: sp.csr_matrix, n_features: int) -> np.ndarray:
-    """Indices of the ``n_features`` features of highest variance (sorted ascending)."""
-    mean = np.asarray(Xn.mean(axis=0)).ravel()
-    sq = np.asarray(Xn.multiply(Xn).mean(axis=0)).ravel()
-    var = sq - mean ** 2
-    n = min(int(n_features), int((var > 0).sum()))
-    return np.sort(np.argsort(-var, kind="stable")[:n])
+def top_variable(Xn, n_features: int) -> np.ndarray:
+    """Indices of the ``n_features`` features of highest variance (sorted ascending); ``Xn`` a
+    sparse matrix or a ``ChunkedMatrix`` (two passes)."""
+    Xn = Xn if isinstance(Xn, ChunkedMatrix) else ChunkedMatrix(Xn)
+    n = max(Xn.shape[0], 1)
+    mean = Xn.column_sums() / n
+    var = Xn.column_sums(squares=True) / n - mean ** 2
+    n_top = min(int(n_features), int((var > 0).sum()))
+    return np.sort(np.argsort(-var, kind="stable")[:n_top])
+
+
+def normalised_top_features(counts, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The log-normalised counts (``log_normalise``) of the ``n_features`` most variable features
+    (cells x features CSR) and those features' indices; ``counts`` is read in row chunks, so only
+    the selected columns are ever held for all cells."""
+    rows = ChunkedMatrix(counts, lambda block, _: log_normalise(block))
+    cols = top_variable(rows, n_features)
+    return sp.vstack([block[:, cols] for _, block in rows.blocks()], format="csr"), cols
+
+
+def threads() -> int:
+    """Threads for the per-metacell tests: ``OMP_NUM_THREADS`` when set (Nextflow sets it to the
+    task's cpus), else the CPUs this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def mean_squared_correlation(Z: np.ndarray) -> np.ndarray:
@@ -127,9 +153,12 @@ def benjamini_hochberg(p) -> np.ndarray:
 
 
 def homogeneity_test(counts, metacells, n_features: int = N_FEATURES, n_permutations: int = N_PERMUTATIONS,
-                     fdr: float = FDR, min_excess: float = MIN_EXCESS, seed: int = 0) -> pd.DataFrame:
-    """Per metacell (rows sorted by id) of one modality's raw ``counts`` (cells x features):
-    ``n_cells``, ``statistic``, ``null_mean``, ``excess``, ``p``, ``q``, ``dubious``."""
+                     fdr: float = FDR, min_excess: float = MIN_EXCESS, seed: int = 0,
+                     n_threads: int | None = None) -> pd.DataFrame:
+    """Per metacell (rows sorted by id) of one modality's raw ``counts`` (cells x features; a
+    sparse matrix or a ``coem.chunked`` source): ``n_cells``, ``statistic``, ``null_mean``,
+    ``excess``, ``p``, ``q``, ``dubious``. Metacells are tested on ``n_threads`` threads (default
+    ``threads()``); the result does not depend on it."""
     if n_permutations < 1 or n_features < 2 or not 0 < fdr < 1:
         raise CoemInputError(f"dubious-metacell test needs n_permutations >= 1, n_features >= 2 and fdr in (0, 1); "
                              f"got {n_permutations}, {n_features}, {fdr}")
@@ -141,17 +170,19 @@ def homogeneity_test(counts, metacells, n_features: int = N_FEATURES, n_permutat
     cat = pd.Categorical(mc.astype(str))
     ids = pd.Index(cat.categories, name="metacell")
     codes = np.asarray(cat.codes)
-    Xn = log_normalise(counts)
-    cols = top_variable(Xn, n_features)
-    Xn = Xn[:, cols].tocsr()
-    rows = []
-    for i in range(len(ids)):
-        members = np.flatnonzero(codes == i)
+    Xn, cols = normalised_top_features(counts, n_features)
+    members_of = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes, minlength=len(ids)))[:-1])
+
+    def test_one(i: int) -> tuple:
+        members = members_of[i]
         if members.size < MIN_CELLS or cols.size < 2:
-            rows.append((members.size, np.nan, np.nan, np.nan, np.nan))
-            continue
-        obs, null_mean, null_sd, pval = permutation_test(Xn[members].toarray(), n_permutations, seed=[int(seed), i])
-        rows.append((members.size, obs, null_mean, null_sd, pval))
+            return (members.size, np.nan, np.nan, np.nan, np.nan)
+        return (members.size, *permutation_test(Xn[members].toarray(), n_permutations, seed=[int(seed), i]))
+
+    # Metacells are independent and seeded by their index: threads give the same table as a loop
+    # (numpy's sort and BLAS release the GIL; BLAS itself is kept to one thread per test).
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max(1, n_threads or threads())) as pool:
+        rows = list(pool.map(test_one, range(len(ids))))
     out = pd.DataFrame(rows, index=ids, columns=["n_cells", "statistic", "null_mean", "null_sd", "p"])
     out["excess"] = out["statistic"] - out["null_mean"]
     out["q"] = benjamini_hochberg(out["p"].to_numpy())

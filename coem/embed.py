@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import eigh
-from sklearn.decomposition import TruncatedSVD
 from threadpoolctl import threadpool_limits
 
+from coem.chunked import CHUNK_ROWS, ChunkedMatrix, truncated_svd
 from coem.errors import CoemInputError
 
 TARGET_SUM = 1e4
@@ -80,17 +80,26 @@ def _loess(x: np.ndarray, y: np.ndarray, span: float = 0.3, n_grid: int = 256) -
     return np.interp(x, grid, fitted)
 
 
+def _raw_rows(counts, chunk_rows: int = CHUNK_ROWS, cache_bytes: int | None = None) -> ChunkedMatrix:
+    """Counts (a sparse matrix, a ``coem.chunked`` source or a ``ChunkedMatrix``) as row chunks."""
+    if isinstance(counts, ChunkedMatrix):
+        return counts
+    return ChunkedMatrix(counts, chunk_rows=chunk_rows, cache_bytes=cache_bytes)
+
+
 def highly_variable_genes(counts, n_top: int = 2000, span: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """Seurat v3 highly variable genes on raw counts.
+    """Seurat v3 highly variable genes on raw counts (a matrix, a source or a ``ChunkedMatrix``).
 
     Returns (indices of the top genes, in decreasing order of standardised variance;
     standardised variance of every gene, 0 for constant genes). Each gene's counts are
     standardised by the loess-expected standard deviation for its mean and clipped at
-    sqrt(n_cells), as Seurat's ``FindVariableFeatures(selection.method = 'vst')``.
+    sqrt(n_cells), as Seurat's ``FindVariableFeatures(selection.method = 'vst')``. Two passes
+    over the rows: mean and variance, then the clipped sum.
     """
-    X = sp.csc_matrix(counts, dtype=np.float64)
-    n = X.shape[0]
-    mean, var = _mean_var(X)
+    rows = _raw_rows(counts)
+    n, n_genes = rows.shape
+    mean = rows.column_sums() / max(n, 1)
+    var = np.maximum((rows.column_sums(squares=True) / max(n, 1) - mean**2) * n / max(n - 1, 1), 0.0)
     not_const = var > 0
     if not np.any(not_const):
         raise CoemInputError("every gene has the same count in all cells; no variable genes to embed on")
@@ -99,10 +108,11 @@ def highly_variable_genes(counts, n_top: int = 2000, span: float = 0.3) -> tuple
     reg_std[not_const] = np.sqrt(10.0**fit)
     clip = mean + reg_std * np.sqrt(n)
     # sum over cells of ((min(x, clip) - mean) / reg_std)^2, zeros contributing mean^2.
-    col = np.repeat(np.arange(X.shape[1]), np.diff(X.indptr))
-    clipped = np.minimum(X.data, clip[col])
-    nnz = np.diff(X.indptr)
-    sq_nz = np.bincount(col, weights=(clipped - mean[col]) ** 2, minlength=X.shape[1])
+    sq_nz, nnz = np.zeros(n_genes), np.zeros(n_genes)
+    for _, block in rows.blocks():
+        clipped = np.minimum(block.data, clip[block.indices])
+        sq_nz += np.bincount(block.indices, weights=(clipped - mean[block.indices]) ** 2, minlength=n_genes)
+        nnz += np.bincount(block.indices, minlength=n_genes)
     total = sq_nz + (n - nnz) * mean**2
     norm_var = np.where(not_const, total / (max(n - 1, 1) * reg_std**2), 0.0)
     n_top = int(min(n_top, int(not_const.sum())))
@@ -118,33 +128,29 @@ def _fix_signs(components: np.ndarray) -> np.ndarray:
     return components * signs
 
 
-def sparse_gram(X: sp.spmatrix, chunk_entries: int | None = None) -> np.ndarray:
+def sparse_gram(X, chunk_entries: int | None = None) -> np.ndarray:
     """``X.T @ X`` (features x features, dense) from row blocks densified one at a time.
 
     scipy's sparse-sparse product is the wrong tool here: HVG counts are 10-35% non-zero and
     its cost grows as the squared non-zeros per row (100,000 cells x 2,000 HVGs took over 10
     minutes); a dense block product is BLAS, 100,000 x 2,000 in seconds, with one block of
     ``chunk_entries`` values (default ``GRAM_CHUNK_ENTRIES``, 32 MB) in memory at a time.
+    ``X``: a sparse matrix or a ``ChunkedMatrix``.
     """
-    X = sp.csr_matrix(X, dtype=np.float64)
-    n, p = X.shape
-    rows = max(1, (chunk_entries or GRAM_CHUNK_ENTRIES) // max(p, 1))
-    gram = np.zeros((p, p))
-    for start in range(0, n, rows):
-        block = X[start : start + rows].toarray()
-        gram += block.T @ block
-    return gram
+    return _raw_rows(X).gram(chunk_entries or GRAM_CHUNK_ENTRIES)
 
 
-def sparse_pca(X: sp.spmatrix, n_components: int, scale: bool = True) -> tuple[np.ndarray, dict]:
-    """Exact PCA of a sparse matrix with implicit centring (and unit-variance scaling).
+def sparse_pca(X, n_components: int, scale: bool = True) -> tuple[np.ndarray, dict]:
+    """Exact PCA of a sparse matrix (or ``ChunkedMatrix``) with implicit centring (and unit-variance
+    scaling).
 
     The feature x feature covariance is formed from ``X.T @ X`` (small: features are the
-    HVGs), so centred data are never materialised. Returns (cells x n_components scores, info).
+    HVGs), so centred data are never materialised; three passes over the rows (column sums,
+    Gram matrix, scores). Returns (cells x n_components scores, info).
     """
-    X = sp.csr_matrix(X, dtype=np.float64)
+    X = _raw_rows(X)
     n, p = X.shape
-    mean = np.asarray(X.mean(axis=0)).ravel()
+    mean = X.column_sums() / max(n, 1)
     gram = sparse_gram(X)
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
     std = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -160,7 +166,7 @@ def sparse_pca(X: sp.spmatrix, n_components: int, scale: bool = True) -> tuple[n
     order = np.argsort(evals)[::-1]
     evals, evecs = evals[order], _fix_signs(evecs[:, order])
     loadings = evecs / std[:, None]
-    scores = np.asarray(X @ loadings) - mean @ loadings
+    scores = X.matmat(loadings) - mean @ loadings
     info = {
         "explained_variance": evals.tolist(),
         "explained_variance_ratio": (evals / max(np.trace(cov), 1e-300)).tolist(),
@@ -168,11 +174,17 @@ def sparse_pca(X: sp.spmatrix, n_components: int, scale: bool = True) -> tuple[n
     return scores, info
 
 
-def rna_pca(counts, n_hvg: int = 2000, n_pcs: int = 30) -> tuple[np.ndarray, dict]:
-    """RNA block: normalise + log1p, Seurat v3 HVGs, scaled PCA. Returns (scores, info)."""
-    counts = sp.csr_matrix(counts)
-    n_cells = counts.shape[0]
-    hvg, _ = highly_variable_genes(counts, n_top=n_hvg)
+def rna_pca(counts, n_hvg: int = 2000, n_pcs: int = 30, chunk_rows: int = CHUNK_ROWS,
+            cache_bytes: int | None = None) -> tuple[np.ndarray, dict]:
+    """RNA block: normalise + log1p, Seurat v3 HVGs, scaled PCA. Returns (scores, info).
+
+    ``counts``: a sparse matrix or a ``coem.chunked`` source (e.g. the counts on disk); read in
+    chunks of ``chunk_rows`` cells, so memory is a chunk plus cells x n_pcs.
+    """
+    raw = _raw_rows(counts, chunk_rows, cache_bytes)
+    n_cells = raw.shape[0]
+    hvg, _ = highly_variable_genes(raw, n_top=n_hvg)
+    del raw  # its cached chunks (if any) go before the normalised ones come
     n_pcs_used = int(min(n_pcs, hvg.size - 1, n_cells - 1))
     if n_pcs_used < 1:
         raise CoemInputError(
@@ -180,7 +192,8 @@ def rna_pca(counts, n_hvg: int = 2000, n_pcs: int = 30) -> tuple[np.ndarray, dic
             "variable genes. Check the QC thresholds."
         )
     hvg_sorted = np.sort(hvg)
-    logn = normalize_log1p(counts)[:, hvg_sorted]
+    source = counts.source if isinstance(counts, ChunkedMatrix) else counts
+    logn = ChunkedMatrix(source, lambda block, _: normalize_log1p(block)[:, hvg_sorted], chunk_rows, cache_bytes)
     scores, info = sparse_pca(logn, n_pcs_used)
     info.update({"hvg_index": hvg_sorted.tolist(), "n_hvg": int(hvg.size), "n_pcs": n_pcs_used})
     return scores, info
@@ -188,21 +201,35 @@ def rna_pca(counts, n_hvg: int = 2000, n_pcs: int = 30) -> tuple[np.ndarray, dic
 
 # ----------------------------------------------------------------------------- ATAC
 
+def tfidf_rows(idf: np.ndarray, scale_factor: float = TARGET_SUM):
+    """The TF-IDF of a chunk of cells, given every peak's IDF (``n_cells / peak total``, 0 for
+    empty peaks): a ``coem.chunked`` transform. TF needs only the chunk's own rows."""
+
+    def transform(block: sp.csr_matrix, _start: int = 0) -> sp.csr_matrix:
+        X = sp.csr_matrix(block, dtype=np.float64, copy=True)
+        cell_tot = np.asarray(X.sum(axis=1)).ravel()
+        tf = np.divide(1.0, cell_tot, out=np.zeros_like(cell_tot), where=cell_tot > 0)
+        X.data *= np.repeat(tf, np.diff(X.indptr)) * idf[X.indices] * scale_factor
+        np.log1p(X.data, out=X.data)
+        return X
+
+    return transform
+
+
+def inverse_document_frequency(n_cells: int, peak_totals: np.ndarray) -> np.ndarray:
+    """``n_cells / peak total`` per peak (0 for peaks with no counts)."""
+    return np.divide(n_cells, peak_totals, out=np.zeros_like(peak_totals, dtype=np.float64), where=peak_totals > 0)
+
+
 def tfidf(counts, scale_factor: float = TARGET_SUM) -> sp.csr_matrix:
     """Signac ``RunTFIDF`` method 1: log1p(TF * IDF * scale_factor).
 
     TF = count / cell total; IDF = n_cells / peak total. Cells or peaks with no counts give
     zero rows/columns (no division by zero).
     """
-    X = sp.csr_matrix(counts, dtype=np.float64, copy=True)
-    n = X.shape[0]
-    cell_tot = np.asarray(X.sum(axis=1)).ravel()
-    peak_tot = np.asarray(X.sum(axis=0)).ravel()
-    tf = np.divide(1.0, cell_tot, out=np.zeros_like(cell_tot), where=cell_tot > 0)
-    idf = np.divide(n, peak_tot, out=np.zeros_like(peak_tot), where=peak_tot > 0)
-    X.data *= np.repeat(tf, np.diff(X.indptr)) * idf[X.indices] * scale_factor
-    np.log1p(X.data, out=X.data)
-    return X
+    X = sp.csr_matrix(counts, dtype=np.float64)
+    idf = inverse_document_frequency(X.shape[0], np.asarray(X.sum(axis=0)).ravel())
+    return tfidf_rows(idf, scale_factor)(X)
 
 
 def depth_correlations(scores: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -215,22 +242,31 @@ def depth_correlations(scores: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return np.divide(num, denom, out=np.zeros_like(num), where=denom > 0)
 
 
-def atac_lsi(counts, n_lsi: int = 30, seed: int = 0, depth_r: float = DEPTH_R_THRESHOLD) -> tuple[np.ndarray, dict]:
+def atac_lsi(counts, n_lsi: int = 30, seed: int = 0, depth_r: float = DEPTH_R_THRESHOLD,
+             chunk_rows: int = CHUNK_ROWS, cache_bytes: int | None = None) -> tuple[np.ndarray, dict]:
     """ATAC block: TF-IDF + truncated SVD with n_lsi + 1 components, one of them dropped.
 
     The dropped component is the one most correlated with log depth when |r| > ``depth_r``;
-    otherwise the last one, so the block always has ``n_lsi`` columns.
+    otherwise the last one, so the block always has ``n_lsi`` columns. ``counts``: a sparse
+    matrix or a ``coem.chunked`` source; one pass for the totals, then the randomised SVD's
+    passes over TF-IDF chunks (``coem.chunked.truncated_svd``: scikit-learn's ``TruncatedSVD``,
+    7 power iterations, seeded).
     """
-    counts = sp.csr_matrix(counts)
-    n_cells, n_peaks = counts.shape
+    raw = ChunkedMatrix(counts, chunk_rows=chunk_rows, cache_bytes=0)
+    n_cells, n_peaks = raw.shape
     n_comp = int(min(n_lsi + 1, n_peaks - 1, n_cells - 1))
     if n_comp < 2:
         raise CoemInputError(
             f"ATAC LSI needs at least 3 cells and 3 peaks; got {n_cells} cells and {n_peaks} peaks."
         )
-    svd = TruncatedSVD(n_components=n_comp, algorithm="randomized", n_iter=7, random_state=seed)
-    scores = svd.fit_transform(tfidf(counts))
-    r = depth_correlations(scores, np.asarray(counts.sum(axis=1)).ravel())
+    depth, peak_totals = np.zeros(n_cells), np.zeros(n_peaks)
+    for start, block in raw.blocks():
+        depth[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
+        peak_totals += np.bincount(block.indices, weights=block.data, minlength=n_peaks)
+    rows = ChunkedMatrix(raw.source, tfidf_rows(inverse_document_frequency(n_cells, peak_totals)), chunk_rows,
+                         cache_bytes)
+    scores, singular_values, _ = truncated_svd(rows, n_comp, n_iter=7, seed=seed)
+    r = depth_correlations(scores, depth)
     best = int(np.argmax(np.abs(r)))
     drop = best if abs(r[best]) > depth_r else n_comp - 1
     keep = [i for i in range(n_comp) if i != drop]
@@ -240,7 +276,7 @@ def atac_lsi(counts, n_lsi: int = 30, seed: int = 0, depth_r: float = DEPTH_R_TH
         "depth_correlations": r.tolist(),
         "dropped_component": drop,
         "dropped_for_depth": bool(drop == best and abs(r[best]) > depth_r),
-        "singular_values": svd.singular_values_.tolist(),
+        "singular_values": singular_values.tolist(),
     }
     return scores[:, keep], info
 

@@ -80,3 +80,86 @@ def read_records(path: str | Path) -> dict:
 
     with h5py.File(path, "r") as f:
         return dict(read_elem(f["uns/coem"])) if "uns/coem" in f else {}
+
+
+class BackedModality:
+    """One modality of an .h5mu with its counts left on disk: ``obs``, ``var`` and names in memory,
+    ``X`` a row source (``coem.chunked.H5CSRSource``) read in chunks by the steps that sum or
+    embed counts. A modality whose cells are not the MuData's in the same order, or whose counts
+    are not stored as CSR, is read into memory and put in the MuData's cell order instead."""
+
+    def __init__(self, path: str | Path, name: str, cells: pd.Index):
+        import h5py
+        from anndata.io import read_elem
+
+        from coem.chunked import H5CSRSource
+
+        self.name = name
+        group = f"mod/{name}"
+        with h5py.File(path, "r") as f:
+            self.obs = read_elem(f[f"{group}/obs"])
+            self.var = read_elem(f[f"{group}/var"])
+            csr = _encoding(f[f"{group}/X"]) == "csr_matrix"
+        for frame in (self.obs, self.var):
+            frame.index = pd.Index(frame.index.astype(str), dtype=object)
+        if csr and self.obs.index.equals(cells):
+            self.X = H5CSRSource(path, f"{group}/X")
+            return
+        missing = int((~cells.isin(self.obs.index)).sum())
+        if missing:
+            raise CoemInputError(f"modality '{name}' lacks {missing:,} of the MuData's cells", file=str(path))
+        with h5py.File(path, "r") as f:
+            import scipy.sparse as sp
+
+            matrix = sp.csr_matrix(read_elem(f[f"{group}/X"]))
+        self.X = matrix[self.obs.index.get_indexer(cells)]
+        self.obs = self.obs.loc[cells]
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.obs.index
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self.var.index
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.var)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+
+class BackedMuData:
+    """An .h5mu for the steps that read its counts in row chunks (aggregate, evaluate): the global
+    ``obs``, ``uns`` and every modality as a :class:`BackedModality`. It has the attributes of a
+    MuData those steps use (``obs``, ``obs_names``, ``n_obs``, ``mod``, ``uns``, ``obsm``), so
+    the same functions take either; memory is the tables, not the counts."""
+
+    def __init__(self, path: str | Path):
+        import h5py
+        from anndata.io import read_elem
+
+        self.path = str(path)
+        self.obs = read_obs(path)
+        with h5py.File(path, "r") as f:
+            if "mod" not in f:
+                raise CoemInputError("no 'mod' group; not a MuData file", file=str(path))
+            names = list(f["mod"].keys())
+            self.uns = dict(read_elem(f["uns"])) if "uns" in f else {}
+        self.obsm: dict = {}
+        self.mod = {name: BackedModality(path, name, self.obs.index) for name in names}
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.obs.index
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)

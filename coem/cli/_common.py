@@ -156,15 +156,23 @@ def quiet_mudata():
         yield
 
 
-def read_mudata(path: str, sample: str, hint: str):
-    """Read a MuData; a missing or unreadable file is a user error that says what to pass."""
+def read_mudata(path: str, sample: str, hint: str, backed: bool = False):
+    """Read a MuData; a missing or unreadable file is a user error that says what to pass.
+
+    ``backed``: leave the count matrices on disk (``coem.h5mu_backed.BackedMuData``: tables in
+    memory, counts read in row chunks by the steps that sum or embed them).
+    """
     if not Path(path).is_file():
         raise CoemInputError(f"input file not found; {hint}", sample=sample, file=path)
     import mudata
 
+    from coem.h5mu_backed import BackedMuData
+
     try:
         with quiet_mudata():
-            return mudata.read_h5mu(path)
+            return BackedMuData(path) if backed else mudata.read_h5mu(path)
+    except CoemInputError as err:
+        raise err.with_context(sample=sample, file=path) from err
     except Exception as err:  # h5py/anndata raise many types for a corrupt file
         from coem.readers import FILE_KINDS, sniff_file_kind
 
@@ -228,13 +236,15 @@ class StepRun:
         self.timings[f"{name}_s"] = seconds
         self.log.info("%s: %s in %.2f s", self.sample, stage.message, seconds)
 
-    def read(self, hint: str, path: str | None = None, name: str = "read"):
-        """Read the step's MuData input (``--input`` unless ``path``), timed and logged."""
+    def read(self, hint: str, path: str | None = None, name: str = "read", backed: bool = False):
+        """Read the step's MuData input (``--input`` unless ``path``), timed and logged; ``backed``:
+        counts left on disk (``read_mudata``)."""
         path = path or self.input_file
         with self.stage(name, file=path) as stage:
-            mdata = read_mudata(path, self.sample, hint)
+            mdata = read_mudata(path, self.sample, hint, backed=backed)
             mods = ", ".join(f"{m} {a.n_vars:,} features" for m, a in mdata.mod.items())
-            stage.done(f"read {path}: {mdata.n_obs:,} obs ({mods})")
+            where = "; counts read in chunks from disk" if backed else ""
+            stage.done(f"read {path}: {mdata.n_obs:,} obs ({mods}){where}")
         return mdata
 
     def record(self, params: dict, **extra) -> dict:
@@ -283,14 +293,15 @@ class StepRun:
 
 
 def read_counts_and_cells(run: StepRun, hint: str, metacells: str | None = None, embedding: str | None = None,
-                          metacell_key: str = "metacell", embedding_key: str = "X_embedding"):
+                          metacell_key: str = "metacell", embedding_key: str = "X_embedding", backed: bool = False):
     """The QC'd counts (``--input``) joined in memory with what later steps added: the metacell
     of every cell (``--metacells P.metacells.h5ad``) and the embedding (``--embedding
     P.embedding.h5ad``). The files must name the same cells; without them, the input itself
-    must hold ``obs[metacell_key]`` (a MuData from an earlier version, or a user's own)."""
+    must hold ``obs[metacell_key]`` (a MuData from an earlier version, or a user's own).
+    ``backed``: the counts stay on disk, read in row chunks (``read_mudata``)."""
     from coem.stepfiles import attach, check_same_cells, read_cells
 
-    mdata = run.read(hint)
+    mdata = run.read(hint, backed=backed)
     for path, what, key, kind in ((metacells, "the metacell step's P.metacells.h5ad", metacell_key, "obs"),
                                   (embedding, "the embedding step's P.embedding.h5ad", embedding_key, "obsm")):
         if not path:

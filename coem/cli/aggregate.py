@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = StepRun(STEP, args, log)
     mdata = read_counts_and_cells(run, "pass the QC step's P.qc.h5mu with --input", args.metacells,
-                                  metacell_key=args.metacell_key)
+                                  metacell_key=args.metacell_key, backed=True)  # counts: row chunks from disk
 
     from coem.aggregate import add_dubious, aggregate_metacells, drop_dubious
     from coem.cli._common import quiet_mudata

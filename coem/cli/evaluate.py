@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = StepRun(STEP, args, log)
     mdata = read_counts_and_cells(run, "pass the QC step's P.qc.h5mu with --input", args.metacells,
-                                  metacell_key=args.metacell_key)
+                                  metacell_key=args.metacell_key, backed=True)  # counts: row chunks from disk
     ids = metacell_ids(mdata, args.metacell_key, args.sample, args.input)
     labels = cell_labels(mdata, args.label_key)
     if not any(m in mdata.mod for m in MODALITIES):

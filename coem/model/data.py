@@ -11,15 +11,14 @@ over the source and applied per batch, so no filtered copy of the matrix is ever
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from coem.chunked import CHUNK_ROWS, CSRSource, H5CSRSource, SparseSource, as_source, iter_chunks  # noqa: F401
 from coem.errors import CoemInputError
 
-CHUNK_ROWS = 10_000
 # The most often open peaks kept for the VAE (of those open in <= max_peak_fraction of cells):
 # cuts the ATAC layers' cost and drops peaks seen in a handful of cells (docs/results.md).
 N_PEAKS = 10_000
@@ -28,99 +27,6 @@ N_PEAKS = 10_000
 # simulator opens more than half of its open peaks in more than 10% of cells) it drops the markers of abundant
 # states and 0.5 is better: docs/results.md, "the peak filter".
 MAX_PEAK_FRACTION = 0.1
-
-
-@runtime_checkable
-class SparseSource(Protocol):
-    """Row access to a cells x features count matrix."""
-
-    @property
-    def shape(self) -> tuple[int, int]: ...
-
-    def __len__(self) -> int: ...
-
-    def get_rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        """CSR rows ``idx`` (sorted ascending, unique) in that order, all features."""
-        ...
-
-
-class CSRSource:
-    """A :class:`SparseSource` over an in-memory scipy sparse matrix (kept as float32 CSR)."""
-
-    def __init__(self, matrix):
-        if not sp.issparse(matrix):
-            matrix = sp.csr_matrix(np.asarray(matrix))
-        self.matrix = sp.csr_matrix(matrix, dtype=np.float32)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.matrix.shape
-
-    def __len__(self) -> int:
-        return self.matrix.shape[0]
-
-    def get_rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        return self.matrix[np.asarray(idx, dtype=np.int64)]
-
-
-class H5CSRSource:
-    """A :class:`SparseSource` over an anndata-encoded CSR group in an HDF5 file.
-
-    Only ``indptr`` is held in memory (8 bytes per cell); each batch reads its rows, merging
-    runs of consecutive rows into one read. ``group`` is e.g. ``"X"`` for an .h5ad or
-    ``"mod/rna/X"`` for an .h5mu.
-    """
-
-    def __init__(self, path, group: str = "X"):
-        import h5py
-
-        self._file = h5py.File(path, "r")
-        node = self._file[group]
-        encoding = node.attrs.get("encoding-type", "")
-        if isinstance(encoding, bytes):
-            encoding = encoding.decode()
-        if not isinstance(node, h5py.Group) or encoding != "csr_matrix":
-            raise CoemInputError(f"{group} is not a CSR matrix (encoding {encoding!r}); store counts as CSR", file=path)
-        self._data = node["data"]
-        self._indices = node["indices"]
-        self._indptr = node["indptr"][:].astype(np.int64)
-        self._shape = tuple(int(v) for v in node.attrs["shape"])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
-
-    def __len__(self) -> int:
-        return self._shape[0]
-
-    def get_rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        idx = np.asarray(idx, dtype=np.int64)
-        starts, ends = self._indptr[idx], self._indptr[idx + 1]
-        data, indices = [], []
-        for run in np.split(np.arange(idx.size), np.flatnonzero(np.diff(idx) != 1) + 1):
-            if run.size:
-                lo, hi = starts[run[0]], ends[run[-1]]
-                data.append(self._data[lo:hi])
-                indices.append(self._indices[lo:hi])
-        indptr = np.concatenate([[0], np.cumsum(ends - starts)])
-        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-        return sp.csr_matrix(
-            (cat(data, np.float32), cat(indices, np.int64), indptr), shape=(idx.size, self._shape[1])
-        )
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def as_source(matrix) -> SparseSource:
-    """Wrap a (sparse or dense) matrix as a :class:`CSRSource`; pass sources through."""
-    return matrix if isinstance(matrix, SparseSource) and not sp.issparse(matrix) else CSRSource(matrix)
-
-
-def iter_chunks(source: SparseSource, chunk_rows: int = CHUNK_ROWS) -> Iterator[sp.csr_matrix]:
-    """All rows of a source, ``chunk_rows`` at a time."""
-    for start in range(0, len(source), chunk_rows):
-        yield source.get_rows(np.arange(start, min(start + chunk_rows, len(source))))
 
 
 def gene_variances(source: SparseSource, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:

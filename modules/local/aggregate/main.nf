@@ -1,6 +1,6 @@
 process AGGREGATE {
     tag "${meta.id}"
-    label 'process_single'
+    label 'process_low'  // the dubious-metacell test runs on task.cpus threads
 
     input:
     tuple val(meta), path(h5mu), path(metacells)  // QC counts, the metacell step's P.metacells.h5ad
@@ -25,6 +25,7 @@ process AGGREGATE {
     export COEM_WARNINGS_FILE=coem_warnings.txt
     export COEM_PIPELINE_VERSION=${workflow.manifest.version}
     export COEM_PACKAGE_DIGEST=${task.ext.coem_digest ?: 'unset'}
+    export OMP_NUM_THREADS=${task.cpus}
     coem_aggregate.py \\
         --sample ${meta.id} \\
         --input ${CoemShell.quote(h5mu)} \\
