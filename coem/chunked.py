@@ -18,6 +18,8 @@ needs no more memory than a chunk and a few cells x 60 matrices.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
@@ -150,6 +152,13 @@ class _MatrixRows:
         return self.matrix[idx]
 
 
+def _row_view(block: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start:stop`` of a CSR matrix as a view of its arrays (scipy's row slice copies them)."""
+    lo, hi = block.indptr[start], block.indptr[stop]
+    return sp.csr_matrix((block.data[lo:hi], block.indices[lo:hi], block.indptr[start : stop + 1] - lo),
+                         shape=(stop - start, block.shape[1]), copy=False)
+
+
 def rows_of(matrix) -> SparseSource:
     """A :class:`SparseSource` for a matrix or a source (sources pass through; no copy of a CSR)."""
     if isinstance(matrix, SparseSource) and not sp.issparse(matrix):
@@ -157,6 +166,30 @@ def rows_of(matrix) -> SparseSource:
     if not sp.issparse(matrix):
         matrix = sp.csr_matrix(np.asarray(matrix))
     return _MatrixRows(matrix)
+
+
+# Rows per slice of a chunk in the sparse products; fixed, so results do not depend on the threads.
+SLICE_ROWS = 1024
+
+
+def threads() -> int:
+    """Threads for the chunked products and the per-metacell tests: ``OMP_NUM_THREADS`` when set
+    (the pipeline sets it to the task's cpus), else the CPUs this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def _pool():
+    """A thread pool of ``threads()`` workers, or None for one thread."""
+    n = threads()
+    if n <= 1:
+        yield None
+        return
+    with ThreadPoolExecutor(n) as pool:
+        yield pool
 
 
 # A chunk transform: (rows as float64 CSR, index of the first row) -> the transformed rows (CSR).
@@ -208,16 +241,28 @@ class ChunkedMatrix:
         if cache is not None:  # only a complete pass fills the cache
             self._cache = cache
 
+    def _slices(self, function, block: sp.csr_matrix, pool) -> list:
+        """``function(first row, rows)`` on ``SLICE_ROWS``-row slices of a chunk, on the pool's threads
+        (scipy's sparse products release the GIL); results in row order."""
+        starts = list(range(0, block.shape[0], SLICE_ROWS))
+        pieces = [_row_view(block, s, min(s + SLICE_ROWS, block.shape[0])) for s in starts]
+        return list(pool.map(function, starts, pieces)) if pool else list(map(function, starts, pieces))
+
     def matmat(self, X: np.ndarray) -> np.ndarray:
         """``A @ X`` (rows x k), one pass."""
-        return np.vstack([np.asarray(block @ X) for _, block in self.blocks()])
+        with _pool() as pool:
+            return np.vstack([part for _, block in self.blocks()
+                              for part in self._slices(lambda _, rows: np.asarray(rows @ X), block, pool)])
 
     def rmatmat(self, Y: np.ndarray) -> np.ndarray:
-        """``A.T @ Y`` (columns x k), one pass."""
-        out = None
-        for start, block in self.blocks():
-            part = np.asarray(block.T @ Y[start : start + block.shape[0]])
-            out = part if out is None else out + part
+        """``A.T @ Y`` (columns x k), one pass; slices are added in row order whatever the threads."""
+        out = np.zeros((self.shape[1], Y.shape[1]))
+        with _pool() as pool:
+            for start, block in self.blocks():
+                rows_of_y = Y[start : start + block.shape[0]]
+                for part in self._slices(lambda s, rows: np.asarray(rows.T @ rows_of_y[s : s + rows.shape[0]]),
+                                         block, pool):
+                    out += part
         return out
 
     def column_sums(self, squares: bool = False) -> np.ndarray:

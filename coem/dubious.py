@@ -30,7 +30,6 @@ Metacells with fewer than ``MIN_CELLS`` cells are not tested (NaN, not dubious).
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,7 +38,7 @@ import scipy.sparse as sp
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
-from coem.chunked import ChunkedMatrix
+from coem.chunked import ChunkedMatrix, threads
 
 from coem._logging import get_logger
 from coem.errors import CoemInputError
@@ -86,15 +85,6 @@ def normalised_top_features(counts, n_features: int) -> tuple[sp.csr_matrix, np.
     rows = ChunkedMatrix(counts, lambda block, _: log_normalise(block))
     cols = top_variable(rows, n_features)
     return sp.vstack([block[:, cols] for _, block in rows.blocks()], format="csr"), cols
-
-
-def threads() -> int:
-    """Threads for the per-metacell tests: ``OMP_NUM_THREADS`` when set (Nextflow sets it to the
-    task's cpus), else the CPUs this process may use."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def mean_squared_correlation(Z: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     run = StepRun(STEP, args, log)
-    mdata = run.read("pass the QC step's .h5mu with --input")
+    mdata = run.read("pass the QC step's .h5mu with --input", backed=True)  # counts: row chunks from disk
 
     from coem.embed import pca_lsi_embedding  # the numerical stack loads after argument checks
 
