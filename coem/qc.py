@@ -420,7 +420,7 @@ def _medians(metrics: pd.DataFrame) -> dict[str, float]:
 
 def apply_qc(
     mdata: md.MuData, thresholds: QCThresholds | None = None, sample: str | None = None,
-    rule: AutoQC | None = None, given=(),
+    rule: AutoQC | None = None, given=(), counts=None,
 ) -> tuple[md.MuData, QCReport]:
     """Filter cells on the per-cell metrics, then drop rare genes and peaks.
 
@@ -433,6 +433,10 @@ def apply_qc(
     global obs columns (e.g. ``label``) carried over, and the QCReport. Raises
     ``CoemInputError`` when fewer than ``thresholds.min_cells`` cells, or no gene or peak,
     remain.
+
+    ``counts``: a ``coem.qc_backed.StreamedCounts`` when ``mdata``'s matrices are empty and the
+    counts are read in chunks from disk; it computes the metrics and feature counts, and is told
+    the selection (``select``) so that it writes the filtered counts itself.
     """
     if thresholds is None and rule is None:
         rule = AutoQC()
@@ -441,7 +445,7 @@ def apply_qc(
         raise TypeError(f"thresholds must be a QCThresholds, got {type(thresholds).__name__}")
     if rule is not None and not isinstance(rule, AutoQC):
         raise TypeError(f"rule must be an AutoQC, got {type(rule).__name__}")
-    metrics = compute_qc_metrics(mdata, sample=sample)
+    metrics = counts.metrics(mdata.obs_names) if counts is not None else compute_qc_metrics(mdata, sample=sample)
     derivation = {}
     if rule is not None:
         thresholds, derivation = derive_thresholds(metrics, rule, thresholds, given)
@@ -454,8 +458,12 @@ def apply_qc(
 
     cells = mdata.obs_names[keep]
     rna, atac = _modality(mdata, "rna", sample), _modality(mdata, "atac", sample)
-    keep_genes = _feature_mask(_as_csr(rna.X)[keep], thresholds.min_cells_per_gene)
-    keep_peaks = _feature_mask(_as_csr(atac.X)[keep], thresholds.min_cells_per_peak)
+    if counts is not None:
+        keep_genes = counts.feature_cells("rna", keep) >= thresholds.min_cells_per_gene
+        keep_peaks = counts.feature_cells("atac", keep) >= thresholds.min_cells_per_peak
+    else:
+        keep_genes = _feature_mask(_as_csr(rna.X)[keep], thresholds.min_cells_per_gene)
+        keep_peaks = _feature_mask(_as_csr(atac.X)[keep], thresholds.min_cells_per_peak)
     for what, mask, param in (("gene", keep_genes, "min_cells_per_gene"), ("peak", keep_peaks, "min_cells_per_peak")):
         if not mask.any():
             raise CoemInputError(
@@ -467,6 +475,8 @@ def apply_qc(
     filtered = md.MuData(
         {"rna": _subset_modality(rna, cells, keep_genes), "atac": _subset_modality(atac, cells, keep_peaks)}
     )
+    if counts is not None:
+        counts.select(keep, keep_genes, keep_peaks)
     _carry_obs(mdata, filtered, cells)
     kept_metrics = metrics.loc[cells]
     for metric in METRICS:

@@ -714,11 +714,13 @@ def attach_labels(mdata: md.MuData, labels, sample: str | None = None) -> dict:
 # One samplesheet row
 # ---------------------------------------------------------------------------------------------
 
-def read_sample(row, sample: str | None = None, **options) -> md.MuData:
+def read_sample(row, sample: str | None = None, h5mu_reader=None, **options) -> md.MuData:
     """Read the row's input (h5 / h5mu / rna+atac), then attach its annotation and labels.
 
     Any failure while reading becomes one ``CoemInputError`` naming the sample and the file,
-    whatever the library underneath raised (no traceback reaches the user).
+    whatever the library underneath raised (no traceback reaches the user). ``h5mu_reader``
+    replaces ``read_h5mu`` (the QC step's reader that leaves the counts on disk,
+    ``coem.qc_backed.read_h5mu_tables``).
     """
     get = (lambda k: getattr(row, k, "")) if not isinstance(row, Mapping) else (lambda k: row.get(k) or "")
     sample = sample or get("sample") or None
@@ -726,7 +728,7 @@ def read_sample(row, sample: str | None = None, **options) -> md.MuData:
     if get("h5"):
         read, file = (lambda: read_10x_h5(get("h5"), sample, **options)), get("h5")
     elif get("h5mu"):
-        read, file = (lambda: read_h5mu(get("h5mu"), sample, **options)), get("h5mu")
+        read, file = (lambda: (h5mu_reader or read_h5mu)(get("h5mu"), sample, **options)), get("h5mu")
     elif get("rna") and get("atac"):
         read, file = (lambda: read_anndata_pair(get("rna"), get("atac"), sample, **options)), \
             f"{get('rna')} + {get('atac')}"

@@ -111,6 +111,10 @@ def build_parser():
     count.add_argument("--n-metacells", type=int, default=None, help="exact metacell count the pipeline asks for")
     count.add_argument("--cells-per-metacell", type=float, default=None,
                        help="metacells = round(cells after QC / this)")
+    parser.add_argument("--backed", choices=("auto", "on", "off"), default="auto",
+                        help="read an .h5mu's counts in row chunks from disk and write the filtered counts chunk "
+                             "by chunk (coem.qc_backed): 'auto' when they would take more than 4 GiB in memory "
+                             "(default), 'on' whenever the file allows it, 'off' never")
     return parser
 
 
@@ -237,16 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds, rule, given = _thresholds(args)
     run = StepRun(STEP, args, log, input_file=_input_files(row))
 
-    from coem.readers import read_sample  # imported here: reading pulls in the heavier I/O stack
-
     with run.stage("read") as stage:
-        mdata = read_sample(row, args.sample)
+        mdata, counts = _read(row, args)
+        where = "; counts read in chunks from disk" if counts is not None else ""
         stage.done(f"read {mdata.n_obs:,} cells, {mdata.mod['rna'].n_vars:,} genes, "
-                   f"{mdata.mod['atac'].n_vars:,} peaks")
+                   f"{mdata.mod['atac'].n_vars:,} peaks{where}")
     _check_gene_positions(mdata, args.sample, row)
     with run.stage("qc") as stage:
         try:
-            filtered, report = apply_qc(mdata, thresholds, sample=args.sample, rule=rule, given=given)
+            filtered, report = apply_qc(mdata, thresholds, sample=args.sample, rule=rule, given=given,
+                                        counts=counts)
         except ValueError as err:  # a given threshold contradicts a derived one (e.g. a max below the derived min)
             raise CoemInputError(f"invalid QC threshold: {err}") from err
         cuts = ", ".join(f"{k}={v}" for k, v in report.thresholds.items() if k in PER_CELL_THRESHOLDS)
@@ -266,17 +270,40 @@ def main(argv: Sequence[str] | None = None) -> int:
               "given": list(given), "inputs": row}
     with run.stage("write") as stage:
         record_step(filtered, STEP, params, seed=args.seed, timings=run.timings, report=report.to_dict())
-        _write_outputs(run.prefix, args, filtered, report, run)
+        _write_outputs(run.prefix, args, filtered, report, run, counts)
         stage.done(f"wrote {run.prefix}.qc.h5mu and reports")
     return 0
 
 
-def _write_outputs(prefix: str, args, filtered, report: QCReport, run: StepRun) -> None:
+def _read(row: dict, args):
+    """(MuData, None) read into memory, or (MuData with empty matrices, ``StreamedCounts``) when the
+    counts stay on disk (``--backed``, ``coem.qc_backed``)."""
+    from coem.qc_backed import read_h5mu_tables, use_streaming  # the I/O stack loads after argument checks
+    from coem.readers import read_sample
+
+    names = use_streaming(row["h5mu"], args.backed) if row["h5mu"] else None
+    if args.backed == "on" and names is None:
+        log.info("%s: --backed on, but the input is not an .h5mu with CSR counts in X and the same cells in both "
+                 "modalities; reading it into memory", args.sample)
+    if names is None:
+        return read_sample(row, args.sample), None
+    streamed = {}
+
+    def tables_only(path, sample, **options):
+        mdata, streamed["counts"] = read_h5mu_tables(path, *names, sample=sample, **options)
+        return mdata
+
+    return read_sample(row, args.sample, h5mu_reader=tables_only), streamed["counts"]
+
+
+def _write_outputs(prefix: str, args, filtered, report: QCReport, run: StepRun, counts=None) -> None:
     """Write everything; the h5mu goes to a temporary name and is renamed only at the end."""
     from coem.stepfiles import atomic_output
 
     with atomic_output(f"{prefix}.qc.h5mu") as partial:
         filtered.write(str(partial))
+        if counts is not None:  # the tables are written; now the counts, chunk by chunk
+            counts.write_filtered(partial)
         Path(f"{prefix}.qc_summary.json").write_text(json.dumps(report.to_dict(), indent=1))
         write_multiqc(prefix, args.sample, report, filtered.obs, args.seed)
         run.write_versions()
