@@ -88,19 +88,33 @@ def _check_embedding(X, knn: int, n_components: int) -> np.ndarray:
     return X.astype(np.float64, copy=False)
 
 
-def adaptive_kernel(X: np.ndarray, knn: int = 30) -> sparse.csr_matrix:
+def _neighbours(X: np.ndarray, knn: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of the ``knn - 1`` nearest other cells: exact below
+    ``coem.graph.AUTO_APPROX_MIN_CELLS`` cells, pynndescent's approximate neighbours from there
+    (an exact search of 10^6 cells x 50 dimensions takes hours)."""
+    from coem import graph
+
+    n = X.shape[0]
+    if n >= graph.AUTO_APPROX_MIN_CELLS and graph.approx_knn_backend() is not None:
+        idx, dists = graph.knn(X, k=knn, method="approx", seed=seed)  # self first, then knn - 1 others
+        return dists[:, 1:], idx[:, 1:]
+    algorithm = "brute" if n < _BRUTE_MAX_CELLS else "auto"
+    return NearestNeighbors(n_neighbors=knn - 1, algorithm=algorithm).fit(X).kneighbors()
+
+
+def adaptive_kernel(X: np.ndarray, knn: int = 30, seed: int = 0) -> sparse.csr_matrix:
     """Palantir's adaptive anisotropic kernel, symmetric and sparse (no dense n x n).
 
     Palantir takes the ``knn - 1`` nearest other cells (scanpy's neighbour graph drops self),
     sets each cell's bandwidth to the distance of its ``floor(knn / 3)``-th neighbour and
     weighs an edge ``exp(-d_ij / sigma_i)`` (distance, not squared); ``W + W.T`` makes it
     symmetric (mutual neighbours get both terms). Neighbours are exact (brute force below
-    ``_BRUTE_MAX_CELLS`` cells, as scanpy does); scanpy switches to approximate neighbours
-    (pynndescent) from 8,192 cells, where the two may differ slightly.
+    ``_BRUTE_MAX_CELLS`` cells, as scanpy does) up to ``coem.graph.AUTO_APPROX_MIN_CELLS``
+    cells, approximate (pynndescent, seeded) from there; scanpy switches to pynndescent from
+    8,192 cells, where the two may differ slightly.
     """
     n = X.shape[0]
-    algorithm = "brute" if n < _BRUTE_MAX_CELLS else "auto"
-    dists, idx = NearestNeighbors(n_neighbors=knn - 1, algorithm=algorithm).fit(X).kneighbors()
+    dists, idx = _neighbours(X, knn, seed)
     sigma = dists[:, knn // 3 - 1]
     if np.any(sigma <= 0):
         # Palantir divides by zero here; such cells have >= knn/3 exact duplicates.
@@ -126,7 +140,7 @@ def diffusion_maps(X, n_components: int = 10, knn: int = 30, seed: int = 0) -> t
     """
     X = _check_embedding(X, knn, n_components)
     n = X.shape[0]
-    kernel = adaptive_kernel(X, knn)
+    kernel = adaptive_kernel(X, knn, seed)
     degree = np.ravel(kernel.sum(axis=1))
     inv = np.zeros_like(degree)
     inv[degree != 0] = 1.0 / degree[degree != 0]

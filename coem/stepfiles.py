@@ -104,6 +104,50 @@ def attach(mdata, cells, columns: tuple[str, ...] = (), obsm: tuple[str, ...] = 
     mdata.uns["coem"] = coem
 
 
+# The published MuData's large arrays (the counts) are gzip-compressed at this level with HDF5's
+# byte shuffle: on simulated and 10x-like counts about 5x smaller at about 70 MB/s on one core,
+# and readable by every HDF5 reader (h5py, anndata/mudata, R's rhdf5 / zellkonverter).
+GZIP_LEVEL = 1
+COMPRESS_MIN_BYTES = 1 << 20
+_COPY_BLOCK = 1 << 24  # values per read/write when compressing a dataset
+
+
+def compressed_copy(source: str | Path, target: str | Path, level: int = GZIP_LEVEL,
+                    min_bytes: int = COMPRESS_MIN_BYTES) -> None:
+    """Copy an HDF5 file (an .h5mu) with its 1-D numeric datasets of at least ``min_bytes`` (the
+    count matrices' data/indices/indptr) gzip-compressed, ``_COPY_BLOCK`` values at a time; every
+    other object, every attribute and the file's user block (MuData's format header) as they are.
+    Memory is one block, whatever the file's size."""
+    import h5py
+
+    with h5py.File(source, "r") as src:
+        userblock = src.userblock_size
+        with h5py.File(target, "w", userblock_size=userblock) as dst:
+            dst.attrs.update(src.attrs)
+            _copy_group(src, dst, level, min_bytes)
+    if userblock:
+        with open(source, "rb") as src_file, open(target, "r+b") as dst_file:
+            dst_file.write(src_file.read(userblock))
+
+
+def _copy_group(src, dst, level: int, min_bytes: int) -> None:
+    import h5py
+
+    for name, node in src.items():
+        if isinstance(node, h5py.Group):
+            group = dst.create_group(name)
+            group.attrs.update(node.attrs)
+            _copy_group(node, group, level, min_bytes)
+        elif node.ndim == 1 and node.dtype.kind in "fiu" and node.nbytes >= min_bytes:
+            out = dst.create_dataset(name, shape=node.shape, dtype=node.dtype, chunks=(min(node.shape[0], 1 << 18),),
+                                     compression="gzip", compression_opts=level, shuffle=True)
+            out.attrs.update(node.attrs)
+            for start in range(0, node.shape[0], _COPY_BLOCK):
+                out[start : start + _COPY_BLOCK] = node[start : start + _COPY_BLOCK]
+        else:
+            src.copy(node, dst, name=name)
+
+
 def add_to_h5mu(path: str | Path, obs: dict[str, np.ndarray], obsm: dict[str, np.ndarray],
                 records: dict[str, str]) -> None:
     """Add global ``obs`` columns, ``obsm`` arrays and ``uns['coem']`` records to an .h5mu in place,

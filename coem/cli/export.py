@@ -5,8 +5,9 @@ Inputs: the QC step's ``P.qc.h5mu`` (raw counts, QC metrics, labels), the embedd
 (``obs['metacell']``). Output (``P`` = ``--prefix``):
 
 - ``P.metacells.h5mu``: a copy of the QC output with ``obs['metacell']``, ``obsm['X_embedding']``
-  and every step's record under ``uns['coem']``. The counts are copied file-to-file, never read
-  into memory (``coem.stepfiles.add_to_h5mu``), so this step costs a disk copy whatever the size;
+  and every step's record under ``uns['coem']``. The counts are copied block by block with gzip
+  compression (``coem.stepfiles.compressed_copy``: about 5x smaller than the QC output), never
+  read into memory whole, and the additions written into the copy (``add_to_h5mu``);
 - ``versions.yml``.
 
 It is the only step after QC that writes the counts again, and only because users want one
@@ -15,7 +16,6 @@ file with everything per cell (docs/output.md, "Data flow").
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from coem import h5mu_backed
     from coem.provenance import record_json
-    from coem.stepfiles import add_to_h5mu, atomic_output, check_same_cells, read_cells
+    from coem.stepfiles import add_to_h5mu, atomic_output, check_same_cells, compressed_copy, read_cells
 
     with run.stage("read") as stage:
         if not Path(args.input).is_file():
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = {**embedding.uns.get("coem", {}), **metacells.uns.get("coem", {})}
     with run.stage("write") as stage:
         with atomic_output(final) as partial:
-            shutil.copyfile(args.input, partial)
+            compressed_copy(args.input, partial)
             records[STEP] = record_json(run.record({"input": args.input, "embedding": args.embedding,
                                                     "metacells": args.metacells}))
             add_to_h5mu(partial, obs={"metacell": metacells.obs["metacell"].astype(str).to_numpy()},

@@ -373,3 +373,26 @@ def test_disconnected_graph_is_reported(monkeypatch):
     vals, _ = metrics.diffusion_maps(X, n_components=5, knn=15)
     assert vals[0] == pytest.approx(1.0, abs=1e-6)
     assert len(messages) == 1 and "2 (nearly) disconnected parts" in messages[0]
+
+
+def test_large_samples_take_the_kernel_neighbours_from_the_approximate_backend(monkeypatch):
+    """From coem.graph.AUTO_APPROX_MIN_CELLS cells the diffusion kernel's neighbours come from the
+    approximate backend (pynndescent; an exact search of 10^6 x 50 takes hours; its recall is in
+    docs/benchmarks.md). Here a stand-in backend returns the exact lists, so the kernel must equal
+    the exact one: the lists are used as they are (self dropped, k - 1 others)."""
+    from coem import graph
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(c, 1.0, size=(300, 8)) for c in (0.0, 6.0, 12.0)])
+    exact_kernel = metrics.adaptive_kernel(X, knn=15)
+    calls = []
+
+    def backend(data, k, seed):
+        calls.append((data.shape, k, seed))
+        return graph._exact_knn(np.asarray(data, dtype=np.float64), k)
+
+    monkeypatch.setattr(graph, "AUTO_APPROX_MIN_CELLS", 500)
+    monkeypatch.setattr(graph, "_APPROX_KNN", backend)
+    approx_kernel = metrics.adaptive_kernel(X, knn=15, seed=3)
+    assert calls == [((900, 8), 15, 3)]
+    assert abs(approx_kernel - exact_kernel).max() < 1e-12
