@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
+from coem._logging import get_logger
 from coem.errors import CoemInputError
 
 # Rows per chunk (COEM_CHUNK_ROWS overrides): 10,000 cells x 120,000 peaks at 5% open is 60 M
@@ -168,6 +169,10 @@ def rows_of(matrix) -> SparseSource:
     return _MatrixRows(matrix)
 
 
+# Long computations log their progress from this many rows (cells).
+PROGRESS_MIN_ROWS = 200_000
+_log = get_logger("coem.chunked")
+
 # Rows per slice of a chunk in the sparse products; fixed, so results do not depend on the threads.
 SLICE_ROWS = 1024
 
@@ -304,6 +309,8 @@ def truncated_svd(A: ChunkedMatrix, n_components: int, n_iter: int = 7, n_oversa
 
     from scipy import linalg
 
+    import time
+
     n, p = A.shape
     if not 1 <= n_components < min(n, p):
         raise CoemInputError(f"truncated SVD needs 1 <= n_components < min(rows, columns) = {min(n, p)}, "
@@ -312,9 +319,13 @@ def truncated_svd(A: ChunkedMatrix, n_components: int, n_iter: int = 7, n_oversa
     m_times, mt_times = (A.rmatmat, A.matmat) if transpose else (A.matmat, A.rmatmat)
     Q = np.random.RandomState(seed).normal(size=(n if transpose else p, n_components + n_oversamples))
     normalise = partial(linalg.lu, permute_l=True, check_finite=False) if n_iter > 2 else (lambda x: (x, None))
-    for _ in range(n_iter):
+    start = time.perf_counter()
+    for iteration in range(n_iter):
         Q, _ = normalise(m_times(Q))
         Q, _ = normalise(mt_times(Q))
+        if n >= PROGRESS_MIN_ROWS:  # minutes per pass at a million cells: say where it is
+            _log.info("randomised SVD of %d x %d: power iteration %d of %d (%.0f s)", n, p, iteration + 1, n_iter,
+                      time.perf_counter() - start)
     Q, _ = linalg.qr(m_times(Q), mode="economic", check_finite=False)
     B = mt_times(Q).T  # Q.T @ M
     U_hat, s, Vt = linalg.svd(B, full_matrices=False, lapack_driver="gesdd")

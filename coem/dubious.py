@@ -30,6 +30,7 @@ Metacells with fewer than ``MIN_CELLS`` cells are not tested (NaN, not dubious).
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -50,6 +51,8 @@ N_PERMUTATIONS = 100
 FDR = 0.05
 MIN_EXCESS = 0.005
 MIN_CELLS = 5
+# A progress line every this many metacells (a million cells make about 13,000).
+PROGRESS_EVERY = 2000
 # The excess must also reach this many null standard deviations (small metacells: noisier).
 NULL_SDS = 3.0
 # Permutations per block: block x cells x features doubles stay under about 160 MB.
@@ -163,7 +166,11 @@ def homogeneity_test(counts, metacells, n_features: int = N_FEATURES, n_permutat
     Xn, cols = normalised_top_features(counts, n_features)
     members_of = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes, minlength=len(ids)))[:-1])
 
+    start = time.perf_counter()
+
     def test_one(i: int) -> tuple:
+        if i and i % PROGRESS_EVERY == 0:
+            _log.info("dubious-metacell test: %d of %d metacells (%.0f s)", i, len(ids), time.perf_counter() - start)
         members = members_of[i]
         if members.size < MIN_CELLS or cols.size < 2:
             return (members.size, np.nan, np.nan, np.nan, np.nan)
