@@ -75,23 +75,28 @@ class H5CSRSource:
 
     Only ``indptr`` is held in memory (8 bytes per cell); each batch reads its rows, merging
     runs of consecutive rows into one read. ``group`` is e.g. ``"X"`` for an .h5ad or
-    ``"mod/rna/X"`` for an .h5mu.
+    ``"mod/rna/X"`` for an .h5mu. ``shape`` is given for a group that has the same three arrays
+    without anndata's encoding: a 10x ``/matrix`` (features x cells CSC, that is cells x
+    features CSR), whose shape is ``(cells, features)``.
     """
 
-    def __init__(self, path, group: str = "X"):
+    def __init__(self, path, group: str = "X", shape: tuple[int, int] | None = None):
         import h5py
 
         self._file = h5py.File(path, "r")
         node = self._file[group]
-        encoding = node.attrs.get("encoding-type", "")
-        if isinstance(encoding, bytes):
-            encoding = encoding.decode()
-        if not isinstance(node, h5py.Group) or encoding != "csr_matrix":
-            raise CoemInputError(f"{group} is not a CSR matrix (encoding {encoding!r}); store counts as CSR", file=path)
+        if shape is None:
+            encoding = node.attrs.get("encoding-type", "")
+            if isinstance(encoding, bytes):
+                encoding = encoding.decode()
+            if not isinstance(node, h5py.Group) or encoding != "csr_matrix":
+                raise CoemInputError(f"{group} is not a CSR matrix (encoding {encoding!r}); store counts as CSR",
+                                     file=path)
+            shape = node.attrs["shape"]
         self._data = node["data"]
         self._indices = node["indices"]
         self._indptr = node["indptr"][:].astype(np.int64)
-        self._shape = tuple(int(v) for v in node.attrs["shape"])
+        self._shape = tuple(int(v) for v in shape)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,6 +104,11 @@ class H5CSRSource:
 
     def __len__(self) -> int:
         return self._shape[0]
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (what the matrix would hold in memory)."""
+        return int(self._data.shape[0])
 
     def get_rows(self, idx: np.ndarray) -> sp.csr_matrix:
         idx = np.asarray(idx, dtype=np.int64)

@@ -1,10 +1,11 @@
 """QC of a sample larger than memory: ``coem.qc.apply_qc``'s filters with the counts left on disk.
 
-An ``.h5mu`` whose ``rna`` and ``atac`` counts are CSR matrices in ``X`` (as atlases and our
-simulator store them) with the same cells in the same order is read without its matrices: obs,
-var, labels and annotation go through the same readers as always (``coem.readers``) into a
-MuData whose ``X`` are empty, while :class:`StreamedCounts` reads the counts in row chunks for
-the three things QC needs from them:
+Every input kind can be read this way when its counts are stored as rows of cells: a 10x
+``filtered_feature_bc_matrix.h5`` (features x cells CSC, which is cells x features CSR), an
+``.h5mu`` or an ``.h5ad`` pair whose counts (``X``, ``layers['counts']`` or ``.raw``, picked as
+``coem.readers`` picks them) are CSR matrices. Obs, var, labels and annotation go through the
+same checks as always (``coem.readers``) into a MuData whose ``X`` are empty, while
+:class:`StreamedCounts` reads the counts in row chunks for the three things QC needs from them:
 
 1. the per-cell metrics (``coem.qc.METRICS``) and the count checks of ``coem.readers.check_counts``
    (finite, non-negative, integer, not all zero), one pass;
@@ -12,13 +13,14 @@ the three things QC needs from them:
 3. the filtered counts, written chunk by chunk into the output's ``mod/<mod>/X`` (``write_counts``).
 
 Memory is one chunk plus a few numbers per cell and feature, whatever the number of cells, and
-the output equals the in-memory path's (``tests/unit/test_qc_backed.py``). Other inputs (10x
-``.h5``, an ``.h5ad`` pair, counts in ``layers`` or ``.raw``, modalities whose barcodes differ)
-are read into memory as before.
+the output equals the in-memory path's (``tests/unit/test_qc_backed.py``). An input stays in
+memory when its counts are dense, or when the cells the two modalities share are in a different
+order in each (reading them would mean one disk read per cell).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,72 +40,207 @@ def _encoding(node) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def streamable(path: str | Path) -> tuple[str, str] | None:
-    """(rna, atac) modality names when the .h5mu can be streamed (CSR counts in X, no counts layer
-    or .raw, the same barcodes in the same order), else None."""
+@dataclass
+class ModalityOnDisk:
+    """One modality as its file stores it: counts left on disk, tables in memory.
+
+    ``columns``: the modality's columns of ``source`` when it shares a matrix with the other one
+    (a 10x file holds genes and peaks side by side), else None (all of them).
+    """
+
+    source: H5CSRSource
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    uns: dict = field(default_factory=dict)
+    columns: np.ndarray | None = None
+
+
+def counts_group(f, prefix: str = "") -> tuple[str, str] | None:
+    """(counts, var) paths of the AnnData at ``prefix`` in the open HDF5 file ``f``, chosen as
+    ``coem.readers`` chooses (``layers['counts']``; else ``X``, unless X is normalised and ``.raw``
+    holds integers), when that matrix is stored as CSR; else None."""
+    layer = f"{prefix}layers/counts"
+    if layer in f:
+        picked = (layer, f"{prefix}var")
+    elif f"{prefix}raw/X" in f and not _looks_integer(f[f"{prefix}X"]) and _looks_integer(f[f"{prefix}raw/X"]):
+        picked = (f"{prefix}raw/X", f"{prefix}raw/var")
+    else:
+        picked = (f"{prefix}X", f"{prefix}var")
+    return picked if _encoding(f[picked[0]]) == "csr_matrix" else None
+
+
+def _looks_integer(node, n: int = 100_000) -> bool:
+    """``coem.readers.looks_integer`` on a matrix stored in HDF5 (CSR group or dense dataset)."""
     import h5py
 
-    from coem.h5mu_backed import obs_names
-    from coem.readers import ATAC_ALIASES, RNA_ALIASES, find_modality
+    from coem.readers import looks_integer
 
-    try:
-        with h5py.File(path, "r") as f:
-            if "mod" not in f:
-                return None
-            names = list(f["mod"].keys())
-            rna, atac = (find_modality(names, aliases, role) for aliases, role in
-                         ((RNA_ALIASES, "rna"), (ATAC_ALIASES, "atac")))
-            for mod in (rna, atac):
-                group = f[f"mod/{mod}"]
-                if _encoding(group["X"]) != "csr_matrix" or "raw" in group or "counts" in group.get("layers", {}):
-                    return None
-        if not obs_names(path, rna).equals(obs_names(path, atac)):
+    if isinstance(node, h5py.Dataset):
+        width = max(int(node.shape[1]) if node.ndim > 1 else 1, 1)
+        return looks_integer(node[: n // width + 1])
+    return looks_integer(node["data"][:n]) if "data" in node else False
+
+
+def _anndata_on_disk(path: str | Path, prefix: str = "") -> ModalityOnDisk | None:
+    """The AnnData at ``prefix`` of an .h5ad/.h5mu with its counts on disk, or None (not CSR)."""
+    import h5py
+    from anndata.io import read_elem
+
+    from coem.readers import _str_index
+
+    with h5py.File(path, "r") as f:
+        picked = counts_group(f, prefix)
+        if picked is None:
             return None
-    except (OSError, KeyError, CoemInputError):
-        return None  # the in-memory reader says what is wrong
-    return rna, atac
+        counts, var = picked
+        uns = dict(read_elem(f[f"{prefix}uns"])) if f"{prefix}uns" in f else {}
+        obs, var = _str_index(read_elem(f[f"{prefix}obs"])), read_elem(f[var])
+    return ModalityOnDisk(H5CSRSource(path, counts), obs, var, uns)
 
 
-def use_streaming(path: str | Path, mode: str) -> tuple[str, str] | None:
-    """The modality names to stream, or None: never (``off``), whenever possible (``on``), or when
-    the counts would take more than ``BACKED_AUTO_BYTES`` in memory (``auto``)."""
-    if mode == "off" or not str(path):
+def _tenx_on_disk(path: str | Path, sample=None) -> tuple[ModalityOnDisk, ModalityOnDisk]:
+    """The genes and peaks of a 10x ``.h5``: one matrix on disk, two column sets."""
+    from coem.readers import _str_index, open_10x_matrix, read_10x_features, tenx_modalities
+
+    with open_10x_matrix(path, sample) as group:
+        barcodes, features = read_10x_features(group, sample, path)
+    obs, (rna_var, genes), (atac_var, peaks) = tenx_modalities(barcodes, features, sample, path)
+    source = H5CSRSource(path, "matrix", shape=(len(barcodes), len(features)))
+    obs = _str_index(obs)
+    return (ModalityOnDisk(source, obs, rna_var, columns=np.flatnonzero(genes)),
+            ModalityOnDisk(source, obs.copy(), atac_var, columns=np.flatnonzero(peaks)))
+
+
+@dataclass
+class CountsOnDisk:
+    """A sample's input with its counts on disk (``open_on_disk``); ``read`` gives QC its MuData."""
+
+    kind: str
+    file: str
+    rna: ModalityOnDisk
+    atac: ModalityOnDisk
+    obs: pd.DataFrame | None = None  # an .h5mu's global obs (labels ...)
+
+    @property
+    def nnz(self) -> int:
+        """Stored counts of the input (a 10x file's single matrix counted once)."""
+        sources = {id(m.source): m.source for m in (self.rna, self.atac)}
+        return sum(int(source.nnz) for source in sources.values())
+
+    def read(self, sample: str | None = None, extra_contigs=(), scaffolds: str = "keep"):
+        """``coem.readers``' reading without the counts: (MuData with empty X of the right shapes,
+        :class:`StreamedCounts`). Features, contigs and barcodes go through the same checks."""
+        import anndata as ad
+        import mudata as md
+
+        from coem.qc import mito_mask
+        from coem.readers import _quiet, check_peak_contigs, gene_table, peak_table, shared_barcodes, update
+
+        genes = gene_table(self.rna.var)
+        peaks = peak_table(self.atac.var, sample, self.file)
+        keep = check_peak_contigs(peaks["chrom"], extra_contigs, scaffolds, sample, self.file)
+        shared = shared_barcodes(self.rna.obs.index, self.atac.obs.index, sample, self.file)
+        empty = lambda p: sp.csr_matrix((len(shared), p), dtype=np.float32)  # noqa: E731
+        mods = {"rna": ad.AnnData(X=empty(len(genes)), obs=self.rna.obs.loc[shared], var=genes, uns=self.rna.uns),
+                "atac": ad.AnnData(X=empty(int(keep.sum())), obs=self.atac.obs.loc[shared], var=peaks[keep],
+                                   uns=self.atac.uns)}
+        mdata = _quiet(md.MuData, mods)
+        mdata.uns["coem_input"] = {"rna_barcodes": len(self.rna.obs), "atac_barcodes": len(self.atac.obs),
+                                   "shared_barcodes": int(len(shared))}
+        for col in (c for c in (self.obs.columns if self.obs is not None else []) if ":" not in str(c)):
+            mdata.obs[col] = self.obs[col].reindex(mdata.obs_names).to_numpy()
+        update(mdata)
+        atac_columns = np.flatnonzero(keep) if self.atac.columns is None else self.atac.columns[keep]
+        counts = StreamedCounts(
+            {"rna": (self.rna.source, self.rna.obs.index.get_indexer(shared), self.rna.columns),
+             "atac": (self.atac.source, self.atac.obs.index.get_indexer(shared), atac_columns)},
+            mito_mask(genes.index), sample, self.file)
+        return mdata, counts
+
+
+def open_on_disk(row) -> CountsOnDisk | None:
+    """The row's input (``coem.readers.input_of``) with its counts left on disk, or None when it
+    cannot be streamed: counts stored dense, or shared cells in another order in each modality.
+    A file that cannot be read at all gives None too: the in-memory reader then says what is
+    wrong, with the same messages as always."""
+    from coem.readers import ATAC_ALIASES, RNA_ALIASES, _quiet, find_modality, input_of
+
+    kind, files, described = input_of(row)
+    try:
+        if kind == "h5":
+            rna, atac = _tenx_on_disk(files[0])
+            obs = None
+        elif kind == "h5mu":
+            import h5py
+
+            from coem.h5mu_backed import read_obs
+
+            with h5py.File(files[0], "r") as f:
+                names = list(f["mod"].keys()) if "mod" in f else []
+            rna_name, atac_name = (find_modality(names, aliases, role) for aliases, role in
+                                   ((RNA_ALIASES, "rna"), (ATAC_ALIASES, "atac")))
+            rna, atac = _anndata_on_disk(files[0], f"mod/{rna_name}/"), _anndata_on_disk(files[0], f"mod/{atac_name}/")
+            obs = read_obs(files[0])
+        else:
+            rna, atac = _anndata_on_disk(files[0]), _anndata_on_disk(files[1])
+            obs = None
+    except (OSError, KeyError, ValueError, TypeError, CoemInputError):
         return None
-    names = streamable(path)
-    if names is None or mode == "on":
-        return names
-    from coem.h5mu_backed import csr_nnz
+    if rna is None or atac is None or not _same_order(rna.obs.index, atac.obs.index):
+        return None
+    return CountsOnDisk(kind, described, rna, atac, obs)
 
-    nnz = sum(csr_nnz(path, f"mod/{mod}/X") or 0 for mod in names)
-    return names if nnz * BYTES_PER_ENTRY > BACKED_AUTO_BYTES else None
+
+def _same_order(rna: pd.Index, atac: pd.Index) -> bool:
+    """Whether the cells of both modalities are unique and those they share come in the same order
+    (so that a chunk of cells is one run of rows in each file)."""
+    if not (rna.is_unique and atac.is_unique):
+        return False
+    positions = atac.get_indexer(rna[rna.isin(atac)])
+    return bool(np.all(np.diff(positions) > 0))
+
+
+def use_streaming(row, mode: str) -> CountsOnDisk | None:
+    """The input with its counts on disk, or None to read it into memory: never (``off``), whenever
+    possible (``on``), or when the counts would take more than ``BACKED_AUTO_BYTES`` (``auto``)."""
+    if mode == "off":
+        return None
+    disk = open_on_disk(row)
+    if disk is None or mode == "on":
+        return disk
+    return disk if disk.nnz * BYTES_PER_ENTRY > BACKED_AUTO_BYTES else None
 
 
 class StreamedCounts:
-    """The RNA and ATAC counts of an .h5mu, read ``chunk_rows`` cells at a time.
+    """A sample's RNA and ATAC counts, read ``chunk_rows`` cells at a time.
 
-    ``peak_columns``: the peaks kept by the contig check (``coem.readers.check_peak_contigs``);
+    ``modalities``: per modality (``rna``, ``atac``), its (source, the source's row of each of
+    the sample's cells, in increasing order; the source's columns of its features, or None for
+    all) - for the ATAC, the peaks kept by the contig check (``coem.readers.check_peak_contigs``).
     ``mito``: the mitochondrial genes (``coem.qc.mito_mask``).
     """
 
-    def __init__(self, path: str | Path, rna: str, atac: str, peak_columns: np.ndarray, mito: np.ndarray,
-                 sample: str | None = None, chunk_rows: int | None = None):
+    def __init__(self, modalities: dict, mito: np.ndarray, sample: str | None = None, path=None,
+                 chunk_rows: int | None = None):
         self.path, self.sample, self.chunk_rows = str(path), sample, int(chunk_rows or CHUNK_ROWS)
-        self.sources = {"rna": H5CSRSource(path, f"mod/{rna}/X"), "atac": H5CSRSource(path, f"mod/{atac}/X")}
-        self.columns = {"rna": None, "atac": np.asarray(peak_columns)}
+        self.sources = {mod: source for mod, (source, _, _) in modalities.items()}
+        self.rows = {mod: np.asarray(rows, dtype=np.int64) for mod, (_, rows, _) in modalities.items()}
+        self.columns = {mod: None if columns is None else np.asarray(columns)
+                        for mod, (_, _, columns) in modalities.items()}
         self.mito = np.flatnonzero(mito)
 
     @property
     def n_cells(self) -> int:
-        return len(self.sources["rna"])
+        return len(self.rows["rna"])
 
     def chunks(self, mod: str, cells: np.ndarray | None = None):
-        """(first row, counts of the chunk's cells: all, or those in the boolean ``cells``) per chunk."""
+        """(first cell, counts of the chunk's cells: all, or those in the boolean ``cells``) per chunk."""
         source, columns = self.sources[mod], self.columns[mod]
         for start in range(0, self.n_cells, self.chunk_rows):
             rows = np.arange(start, min(start + self.chunk_rows, self.n_cells))
             if cells is not None:
                 rows = rows[cells[rows]]
-            block = source.get_rows(rows)
+            block = source.get_rows(self.rows[mod][rows])
             yield start, (block[:, columns] if columns is not None else block)
 
     def metrics(self, names: pd.Index) -> pd.DataFrame:
@@ -186,42 +323,3 @@ def _check_chunk(data: np.ndarray, mod: str, sample, path) -> None:
     if frac.any():
         raise CoemInputError(f"{where} holds non-integer values (e.g. {data[frac][0]:g}): it looks normalised; "
                              "give raw counts (for .h5ad, in X, layers['counts'] or .raw)", sample, path)
-
-
-def read_h5mu_tables(path: str | Path, rna: str, atac: str, sample: str | None = None, extra_contigs=(),
-                     scaffolds: str = "keep"):
-    """``coem.readers.read_h5mu`` without the counts: (MuData with empty X of the right shapes,
-    :class:`StreamedCounts`). Features go through the same tables and contig check."""
-    import anndata as ad
-    import h5py
-    import mudata as md
-    from anndata.io import read_elem
-
-    from coem.h5mu_backed import read_obs
-    from coem.qc import mito_mask
-    from coem.readers import _quiet, _str_index, check_peak_contigs, gene_table, peak_table, shared_barcodes, update
-
-    tables = {}
-    with h5py.File(path, "r") as f:
-        for mod in (rna, atac):
-            node = f[f"mod/{mod}"]
-            uns = dict(read_elem(node["uns"])) if "uns" in node else {}
-            tables[mod] = (_str_index(read_elem(node["obs"])), read_elem(node["var"]), uns)
-    genes = gene_table(tables[rna][1])
-    peaks = peak_table(tables[atac][1], sample, path)
-    keep = check_peak_contigs(peaks["chrom"], extra_contigs, scaffolds, sample, path)
-    empty = lambda n, p: sp.csr_matrix((n, p), dtype=np.float32)  # noqa: E731
-    rna_obs, atac_obs = tables[rna][0], tables[atac][0]
-    mods = {"rna": ad.AnnData(X=empty(len(rna_obs), len(genes)), obs=rna_obs, var=genes, uns=tables[rna][2]),
-            "atac": ad.AnnData(X=empty(len(atac_obs), int(keep.sum())), obs=atac_obs, var=peaks[keep],
-                               uns=tables[atac][2])}
-    shared = shared_barcodes(mods["rna"].obs_names, mods["atac"].obs_names, sample, path)
-    mdata = _quiet(md.MuData, mods)
-    mdata.uns["coem_input"] = {"rna_barcodes": len(rna_obs), "atac_barcodes": len(atac_obs),
-                               "shared_barcodes": int(len(shared))}
-    global_obs = read_obs(path)
-    for col in (c for c in global_obs.columns if ":" not in str(c)):
-        mdata.obs[col] = global_obs[col].reindex(mdata.obs_names).to_numpy()
-    update(mdata)
-    counts = StreamedCounts(path, rna, atac, np.flatnonzero(keep), mito_mask(genes.index), sample)
-    return mdata, counts

@@ -36,7 +36,8 @@ import io
 import re
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -414,15 +415,34 @@ def expect_file_kind(path: str | Path, expected: str, sample: str | None = None,
 
 def read_10x_h5(path: str | Path, sample: str | None = None, **options) -> md.MuData:
     """Read a cellranger-arc ``filtered_feature_bc_matrix.h5`` (features x cells, CSC)."""
+    with open_10x_matrix(path, sample) as group:
+        barcodes, features = read_10x_features(group, sample, path)
+        # CSC of features x cells has the same arrays as CSR of cells x features.
+        X = sp.csr_matrix((group["data"][:], group["indices"][:], group["indptr"][:]),
+                          shape=(len(barcodes), len(features)))
+    obs, (rna_var, genes), (atac_var, peaks) = tenx_modalities(barcodes, features, sample, path)
+    rna = ad.AnnData(X=X[:, genes], obs=obs, var=rna_var)
+    atac = ad.AnnData(X=X[:, peaks], obs=obs.copy(), var=atac_var)
+    return assemble(rna, atac, sample, path, **options)
+
+
+@contextmanager
+def open_10x_matrix(path: str | Path, sample: str | None = None):
+    """The ``/matrix`` group of a 10x ``.h5``, with a named error when the file is not one."""
     expect_file_kind(path, "h5", sample)
     try:
-        with h5py.File(path, "r") as handle:
-            if "matrix" not in handle:
-                raise CoemInputError("not a 10x feature-barcode matrix: the HDF5 file has no '/matrix' group "
-                                     "(cellranger-arc's filtered_feature_bc_matrix.h5 is expected)", sample, path)
-            X, barcodes, features = _read_10x_matrix(handle["matrix"], sample, path)
+        handle = h5py.File(path, "r")
     except OSError as err:
         raise CoemInputError(f"cannot read the file as HDF5: {err}", sample, path) from err
+    with handle:
+        if "matrix" not in handle:
+            raise CoemInputError("not a 10x feature-barcode matrix: the HDF5 file has no '/matrix' group "
+                                 "(cellranger-arc's filtered_feature_bc_matrix.h5 is expected)", sample, path)
+        yield handle["matrix"]
+
+
+def tenx_modalities(barcodes: np.ndarray, features: pd.DataFrame, sample=None, path=None):
+    """A 10x matrix's obs, and (var, column mask) of its genes and of its peaks."""
     kind = features["feature_type"]
     others = sorted(set(kind) - {GENE_FEATURE, PEAK_FEATURE})
     if others:
@@ -439,17 +459,15 @@ def read_10x_h5(path: str | Path, sample: str | None = None, **options) -> md.Mu
     peak_names = features["interval"][peaks].where(features["interval"][peaks] != "NA", features["name"][peaks])
     atac_var = pd.DataFrame({"interval": peak_names.to_numpy(), "genome": features["genome"][peaks].to_numpy()},
                             index=pd.Index(features["name"][peaks].to_numpy(), dtype=object))
-    rna = ad.AnnData(X=X[:, genes], obs=obs, var=rna_var)
-    atac = ad.AnnData(X=X[:, peaks], obs=obs.copy(), var=atac_var)
-    return assemble(rna, atac, sample, path, **options)
+    return obs, (rna_var, genes), (atac_var, peaks)
 
 
 def _decode(values) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def _read_10x_matrix(group: h5py.Group, sample, path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame]:
-    """/matrix -> (cells x features CSR, barcodes, features table); layout errors named."""
+def read_10x_features(group: h5py.Group, sample, path) -> tuple[np.ndarray, pd.DataFrame]:
+    """/matrix -> (barcodes, features table), without the counts; layout errors named."""
     needed = ["barcodes", "data", "indices", "indptr", "shape", "features"]
     missing = [k for k in needed if k not in group]
     if missing:
@@ -462,15 +480,13 @@ def _read_10x_matrix(group: h5py.Group, sample, path) -> tuple[sp.csr_matrix, np
     table = pd.DataFrame({"id": _decode(feats["id"][:])})
     for key in ("name", "feature_type", "genome", "interval"):
         table[key] = _decode(feats[key][:]) if key in feats else (table["id"] if key == "name" else "NA")
-    indptr = group["indptr"][:]
-    if len(barcodes) != n_cells or len(table) != n_features or len(indptr) != n_cells + 1:
+    n_indptr = group["indptr"].shape[0]
+    if len(barcodes) != n_cells or len(table) != n_features or n_indptr != n_cells + 1:
         raise CoemInputError(
             f"inconsistent 10x matrix: shape {n_features} x {n_cells} but {len(table)} features, "
-            f"{len(barcodes)} barcodes and {len(indptr)} indptr entries", sample, path,
+            f"{len(barcodes)} barcodes and {n_indptr} indptr entries", sample, path,
         )
-    # CSC of features x cells has the same arrays as CSR of cells x features.
-    X = sp.csr_matrix((group["data"][:], group["indices"][:], indptr), shape=(n_cells, n_features))
-    return X, barcodes, table
+    return barcodes, table
 
 
 def write_10x_h5(mdata: md.MuData, path: str | Path, genome: str | None = None) -> Path:
@@ -714,27 +730,42 @@ def attach_labels(mdata: md.MuData, labels, sample: str | None = None) -> dict:
 # One samplesheet row
 # ---------------------------------------------------------------------------------------------
 
-def read_sample(row, sample: str | None = None, h5mu_reader=None, **options) -> md.MuData:
+def input_of(row, sample: str | None = None) -> tuple[str, tuple[str, ...], str]:
+    """The row's input as (kind, files, how errors name it): ``("h5", (path,), path)``,
+    ``("h5mu", (path,), path)`` or ``("pair", (rna, atac), "rna + atac")``."""
+    get = _getter(row)
+    if get("h5"):
+        return "h5", (get("h5"),), get("h5")
+    if get("h5mu"):
+        return "h5mu", (get("h5mu"),), get("h5mu")
+    if get("rna") and get("atac"):
+        return "pair", (get("rna"), get("atac")), f"{get('rna')} + {get('atac')}"
+    raise CoemInputError("the samplesheet row has no input (h5, h5mu or rna+atac)", sample or get("sample") or None)
+
+
+def _getter(row) -> Callable[[str], str]:
+    return (lambda k: getattr(row, k, "") or "") if not isinstance(row, Mapping) else (lambda k: row.get(k) or "")
+
+
+# The reader of each input kind: (*files, sample, **options) -> MuData.
+READERS = {"h5": read_10x_h5, "h5mu": read_h5mu, "pair": read_anndata_pair}
+
+
+def read_sample(row, sample: str | None = None, readers: Mapping[str, Callable] | None = None,
+                **options) -> md.MuData:
     """Read the row's input (h5 / h5mu / rna+atac), then attach its annotation and labels.
 
     Any failure while reading becomes one ``CoemInputError`` naming the sample and the file,
-    whatever the library underneath raised (no traceback reaches the user). ``h5mu_reader``
-    replaces ``read_h5mu`` (the QC step's reader that leaves the counts on disk,
-    ``coem.qc_backed.read_h5mu_tables``).
+    whatever the library underneath raised (no traceback reaches the user). ``readers``
+    replaces the reader of an input kind (``READERS``): the QC step's readers that leave the
+    counts on disk (``coem.qc_backed``).
     """
-    get = (lambda k: getattr(row, k, "")) if not isinstance(row, Mapping) else (lambda k: row.get(k) or "")
+    get = _getter(row)
     sample = sample or get("sample") or None
     start = time.perf_counter()
-    if get("h5"):
-        read, file = (lambda: read_10x_h5(get("h5"), sample, **options)), get("h5")
-    elif get("h5mu"):
-        read, file = (lambda: (h5mu_reader or read_h5mu)(get("h5mu"), sample, **options)), get("h5mu")
-    elif get("rna") and get("atac"):
-        read, file = (lambda: read_anndata_pair(get("rna"), get("atac"), sample, **options)), \
-            f"{get('rna')} + {get('atac')}"
-    else:
-        raise CoemInputError("the samplesheet row has no input (h5, h5mu or rna+atac)", sample)
-    mdata = explained(read, "cannot read this input", sample, file)
+    kind, files, file = input_of(row, sample)
+    reader = {**READERS, **(readers or {})}[kind]
+    mdata = explained(lambda: reader(*files, sample=sample, **options), "cannot read this input", sample, file)
     log.info("read %d cells, %d genes, %d peaks in %.1f s", mdata.n_obs, mdata.mod["rna"].n_vars,
              mdata.mod["atac"].n_vars, time.perf_counter() - start)
     if get("annotation"):

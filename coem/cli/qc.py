@@ -112,9 +112,10 @@ def build_parser():
     count.add_argument("--cells-per-metacell", type=float, default=None,
                        help="metacells = round(cells after QC / this)")
     parser.add_argument("--backed", choices=("auto", "on", "off"), default="auto",
-                        help="read an .h5mu's counts in row chunks from disk and write the filtered counts chunk "
-                             "by chunk (coem.qc_backed): 'auto' when they would take more than 4 GiB in memory "
-                             "(default), 'on' whenever the file allows it, 'off' never")
+                        help="read the input's counts (10x .h5, .h5mu or .h5ad pair stored as CSR) in row chunks "
+                             "from disk and write the filtered counts chunk by chunk (coem.qc_backed): 'auto' when "
+                             "they would take more than 4 GiB in memory (default), 'on' whenever the file allows "
+                             "it, 'off' never")
     return parser
 
 
@@ -278,22 +279,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _read(row: dict, args):
     """(MuData, None) read into memory, or (MuData with empty matrices, ``StreamedCounts``) when the
     counts stay on disk (``--backed``, ``coem.qc_backed``)."""
-    from coem.qc_backed import read_h5mu_tables, use_streaming  # the I/O stack loads after argument checks
+    from coem.qc_backed import use_streaming  # the I/O stack loads after argument checks
     from coem.readers import read_sample
 
-    names = use_streaming(row["h5mu"], args.backed) if row["h5mu"] else None
-    if args.backed == "on" and names is None:
-        log.info("%s: --backed on, but the input is not an .h5mu with CSR counts in X and the same cells in both "
-                 "modalities; reading it into memory", args.sample)
-    if names is None:
+    disk = use_streaming(row, args.backed)
+    if args.backed == "on" and disk is None:
+        log.info("%s: --backed on, but the input's counts are not CSR rows of cells, or the cells of its two "
+                 "modalities come in different orders; reading it into memory", args.sample)
+    if disk is None:
         return read_sample(row, args.sample), None
     streamed = {}
 
-    def tables_only(path, sample, **options):
-        mdata, streamed["counts"] = read_h5mu_tables(path, *names, sample=sample, **options)
+    def tables_only(*files, sample=None, **options):
+        mdata, streamed["counts"] = disk.read(sample, **options)
         return mdata
 
-    return read_sample(row, args.sample, h5mu_reader=tables_only), streamed["counts"]
+    return read_sample(row, args.sample, readers={disk.kind: tables_only}), streamed["counts"]
 
 
 def _write_outputs(prefix: str, args, filtered, report: QCReport, run: StepRun, counts=None) -> None:
