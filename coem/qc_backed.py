@@ -228,88 +228,119 @@ class StreamedCounts:
         self.columns = {mod: None if columns is None else np.asarray(columns)
                         for mod, (_, _, columns) in modalities.items()}
         self.mito = np.flatnonzero(mito)
+        # A 10x file holds both modalities in one matrix: read each chunk once, split its columns.
+        self.shared = self.sources["rna"] is self.sources["atac"] and np.array_equal(self.rows["rna"],
+                                                                                     self.rows["atac"])
+        self._feature_cells = None
 
     @property
     def n_cells(self) -> int:
         return len(self.rows["rna"])
 
-    def chunks(self, mod: str, cells: np.ndarray | None = None):
-        """(first cell, counts of the chunk's cells: all, or those in the boolean ``cells``) per chunk."""
-        source, columns = self.sources[mod], self.columns[mod]
+    def n_features(self, mod: str) -> int:
+        return self.sources[mod].shape[1] if self.columns[mod] is None else self.columns[mod].size
+
+    def chunks(self, cells: np.ndarray | None = None):
+        """(first cell, {modality: counts of the chunk's cells}) per chunk: all cells, or those in the
+        boolean ``cells``."""
         for start in range(0, self.n_cells, self.chunk_rows):
             rows = np.arange(start, min(start + self.chunk_rows, self.n_cells))
             if cells is not None:
                 rows = rows[cells[rows]]
-            block = source.get_rows(self.rows[mod][rows])
-            yield start, (block[:, columns] if columns is not None else block)
+            whole = self.sources["rna"].get_rows(self.rows["rna"][rows]) if self.shared else None
+            yield start, {mod: _columns(whole if self.shared else self.sources[mod].get_rows(self.rows[mod][rows]),
+                                        self.columns[mod]) for mod in ("rna", "atac")}
 
     def metrics(self, names: pd.Index) -> pd.DataFrame:
-        """``coem.qc.compute_qc_metrics`` in one pass per modality, checking the counts on the way."""
-        values = {}
-        for mod in ("rna", "atac"):
-            total, detected, mito = (np.zeros(self.n_cells) for _ in range(3))
-            stored = 0
-            for start, block in self.chunks(mod):
+        """``coem.qc.compute_qc_metrics`` in one pass, checking the counts on the way."""
+        total, detected = ({mod: np.zeros(self.n_cells) for mod in ("rna", "atac")} for _ in range(2))
+        mito = np.zeros(self.n_cells)
+        stored = dict.fromkeys(("rna", "atac"), 0)
+        for start, blocks in self.chunks():
+            stop = start + blocks["rna"].shape[0]
+            for mod, block in blocks.items():
                 _check_chunk(block.data, mod, self.sample, self.path)
-                stop = start + block.shape[0]
-                total[start:stop] = np.asarray(block.sum(axis=1)).ravel()
-                detected[start:stop] = np.diff((block > 0).tocsr().indptr)
-                stored += int((block.data != 0).sum())
-                if mod == "rna":
-                    mito[start:stop] = np.asarray(block[:, self.mito].sum(axis=1)).ravel()
-            if stored == 0:
+                total[mod][start:stop] = np.asarray(block.sum(axis=1)).ravel()
+                detected[mod][start:stop] = np.diff((block > 0).tocsr().indptr)
+                stored[mod] += int((block.data != 0).sum())
+            mito[start:stop] = np.asarray(blocks["rna"][:, self.mito].sum(axis=1)).ravel()
+        for mod in ("rna", "atac"):
+            if stored[mod] == 0:
                 raise CoemInputError(f"the {mod} matrix holds only zeros", self.sample, self.path)
-            values[mod] = (total, detected.astype(np.int64), mito)
-        rna_total, rna_genes, mito_total = values["rna"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            pct_mito = np.where(rna_total > 0, 100.0 * mito_total / rna_total, 0.0)
-        return pd.DataFrame({"rna_total_counts": rna_total, "rna_n_genes": rna_genes, "rna_pct_mito": pct_mito,
-                             "atac_total_counts": values["atac"][0], "atac_n_peaks": values["atac"][1]},
-                            index=names.copy())
+            pct_mito = np.where(total["rna"] > 0, 100.0 * mito / total["rna"], 0.0)
+        return pd.DataFrame({"rna_total_counts": total["rna"], "rna_n_genes": detected["rna"].astype(np.int64),
+                             "rna_pct_mito": pct_mito, "atac_total_counts": total["atac"],
+                             "atac_n_peaks": detected["atac"].astype(np.int64)}, index=names.copy())
 
     def feature_cells(self, mod: str, keep: np.ndarray) -> np.ndarray:
-        """In how many of the kept cells each feature has a positive count."""
-        n_features = self.sources[mod].shape[1] if self.columns[mod] is None else self.columns[mod].size
-        counts = np.zeros(n_features, dtype=np.int64)
-        for _, block in self.chunks(mod, keep):
-            counts += np.bincount(block.indices[block.data > 0], minlength=n_features)
-        return counts
+        """In how many of the kept cells each feature has a positive count (both modalities are
+        counted in the same pass; the other one is kept for the next call)."""
+        if self._feature_cells is None or not np.array_equal(self._feature_cells[0], keep):
+            counts = {m: np.zeros(self.n_features(m), dtype=np.int64) for m in ("rna", "atac")}
+            for _, blocks in self.chunks(keep):
+                for m, block in blocks.items():
+                    counts[m] += np.bincount(block.indices[block.data > 0], minlength=counts[m].size)
+            self._feature_cells = (keep.copy(), counts)
+        return self._feature_cells[1][mod]
 
     def select(self, cells: np.ndarray, genes: np.ndarray, peaks: np.ndarray) -> None:
         """The cells, genes and peaks QC keeps (boolean masks; ``coem.qc.apply_qc`` calls this)."""
-        self.selection = {"rna": (cells, np.flatnonzero(genes)), "atac": (cells, np.flatnonzero(peaks))}
+        self.selection = (cells, {"rna": np.flatnonzero(genes), "atac": np.flatnonzero(peaks)})
 
     def write_filtered(self, path: str | Path) -> None:
-        """Fill the ``mod/rna/X`` and ``mod/atac/X`` of the written QC output with the selected counts."""
-        for mod in ("rna", "atac"):
-            cells, features = self.selection[mod]
-            self.write_counts(path, f"mod/{mod}/X", mod, cells, features)
-
-    def write_counts(self, path: str | Path, group: str, mod: str, keep: np.ndarray, features: np.ndarray) -> None:
-        """Fill ``group`` (an anndata CSR group written with an empty matrix of the final shape) with
-        the kept cells x ``features`` counts as float32, chunk by chunk (zeros dropped, indices sorted)."""
+        """Fill ``mod/rna/X`` and ``mod/atac/X`` of the written QC output (anndata CSR groups written
+        with empty matrices of the final shapes) with the selected counts as float32, chunk by chunk
+        (zeros dropped, indices sorted)."""
         import h5py
 
+        cells, features = self.selection
         with h5py.File(path, "r+") as f:
-            node = f[group]
-            if tuple(int(v) for v in node.attrs["shape"]) != (int(keep.sum()), features.size):
-                raise ValueError(f"{group} has shape {tuple(node.attrs['shape'])}, not the selection's")
-            for name in ("data", "indices", "indptr"):
-                del node[name]
-            data = node.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 18,))
-            indices = node.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 18,))
-            indptr = [np.zeros(1, dtype=np.int64)]
-            for _, block in self.chunks(mod, keep):
-                block = sp.csr_matrix(block[:, features], dtype=np.float32)
-                block.eliminate_zeros()
-                block.sort_indices()
-                size = data.shape[0]
-                data.resize((size + block.nnz,))
-                indices.resize((size + block.nnz,))
-                data[size:] = block.data
-                indices[size:] = block.indices
-                indptr.append(size + block.indptr[1:].astype(np.int64))
-            node.create_dataset("indptr", data=np.concatenate(indptr))
+            writers = {mod: _CSRWriter(f[f"mod/{mod}/X"], (int(cells.sum()), features[mod].size))
+                       for mod in ("rna", "atac")}
+            for _, blocks in self.chunks(cells):
+                for mod, block in blocks.items():
+                    writers[mod].append(block[:, features[mod]])
+            for writer in writers.values():
+                writer.close()
+
+
+class _CSRWriter:
+    """Appends CSR row blocks to an anndata CSR group, replacing its (empty) arrays."""
+
+    def __init__(self, node, shape: tuple[int, int]):
+        if tuple(int(v) for v in node.attrs["shape"]) != shape:
+            raise ValueError(f"{node.name} has shape {tuple(node.attrs['shape'])}, not the selection's {shape}")
+        for name in ("data", "indices", "indptr"):
+            del node[name]
+        self.node = node
+        self.data = node.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 18,))
+        self.indices = node.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32,
+                                           chunks=(1 << 18,))
+        self.indptr = [np.zeros(1, dtype=np.int64)]
+
+    def append(self, block) -> None:
+        block = sp.csr_matrix(block, dtype=np.float32)
+        block.eliminate_zeros()
+        block.sort_indices()
+        size = self.data.shape[0]
+        self.data.resize((size + block.nnz,))
+        self.indices.resize((size + block.nnz,))
+        self.data[size:] = block.data
+        self.indices[size:] = block.indices
+        self.indptr.append(size + block.indptr[1:].astype(np.int64))
+
+    def close(self) -> None:
+        self.node.create_dataset("indptr", data=np.concatenate(self.indptr))
+
+
+def _columns(block: sp.csr_matrix, columns: np.ndarray | None) -> sp.csr_matrix:
+    """The block's ``columns`` (None: all); a contiguous run is sliced, which is much faster."""
+    if columns is None:
+        return block
+    if columns.size and columns[-1] - columns[0] + 1 == columns.size and np.all(np.diff(columns) == 1):
+        return block[:, int(columns[0]):int(columns[-1]) + 1]
+    return block[:, columns]
 
 
 def _check_chunk(data: np.ndarray, mod: str, sample, path) -> None:
