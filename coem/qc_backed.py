@@ -30,9 +30,14 @@ import scipy.sparse as sp
 from coem.chunked import CHUNK_ROWS, H5CSRSource
 from coem.errors import CoemInputError
 
-# Stream when the two count matrices would take more than this as CSR in memory (``--backed auto``).
-BACKED_AUTO_BYTES = 4 * 2**30
-BYTES_PER_ENTRY = 12  # float64 value + int32 column index, what scipy holds per stored count
+# Stream when reading the input into memory would peak above this (``--backed auto``); QC runs
+# as process_low, 12 GB.
+BACKED_AUTO_BYTES = 8 * 2**30
+# Peak RSS of the in-memory QC per stored count, measured at 10^5 cells (docs/benchmarks.md,
+# benchmarks/bench_qc_backed.py): a 10x file makes more copies (the whole matrix, then its gene
+# and peak columns) than an .h5mu or a pair. 8 GiB is then about 4 GiB of counts as CSR for an
+# .h5mu or pair, and 2.8 GiB for a 10x file (250 million counts: some 20,000 cells of a 10x run).
+IN_MEMORY_BYTES_PER_ENTRY = {"h5": 34, "h5mu": 24, "pair": 24}
 
 
 def _encoding(node) -> str:
@@ -200,15 +205,21 @@ def _same_order(rna: pd.Index, atac: pd.Index) -> bool:
     return bool(np.all(np.diff(positions) > 0))
 
 
+def in_memory_bytes(disk: CountsOnDisk) -> int:
+    """About the peak memory of reading ``disk``'s input into memory for QC."""
+    return disk.nnz * IN_MEMORY_BYTES_PER_ENTRY[disk.kind]
+
+
 def use_streaming(row, mode: str) -> CountsOnDisk | None:
     """The input with its counts on disk, or None to read it into memory: never (``off``), whenever
-    possible (``on``), or when the counts would take more than ``BACKED_AUTO_BYTES`` (``auto``)."""
+    possible (``on``), or when reading it into memory would take more than ``BACKED_AUTO_BYTES``
+    (``auto``)."""
     if mode == "off":
         return None
     disk = open_on_disk(row)
     if disk is None or mode == "on":
         return disk
-    return disk if disk.nnz * BYTES_PER_ENTRY > BACKED_AUTO_BYTES else None
+    return disk if in_memory_bytes(disk) > BACKED_AUTO_BYTES else None
 
 
 class StreamedCounts:
@@ -232,6 +243,7 @@ class StreamedCounts:
         self.shared = self.sources["rna"] is self.sources["atac"] and np.array_equal(self.rows["rna"],
                                                                                      self.rows["atac"])
         self._feature_cells = None
+        self._detected_in_all = {}  # per modality: in how many of all cells each feature is detected
 
     @property
     def n_cells(self) -> int:
@@ -240,30 +252,37 @@ class StreamedCounts:
     def n_features(self, mod: str) -> int:
         return self.sources[mod].shape[1] if self.columns[mod] is None else self.columns[mod].size
 
-    def chunks(self, cells: np.ndarray | None = None):
-        """(first cell, {modality: counts of the chunk's cells}) per chunk: all cells, or those in the
-        boolean ``cells``."""
+    def passes(self) -> list[tuple[str, ...]]:
+        """The modalities read together: both when they share a matrix (one read per chunk), else one
+        after the other (half the memory)."""
+        return [("rna", "atac")] if self.shared else [("rna",), ("atac",)]
+
+    def chunks(self, mods: tuple[str, ...], cells: np.ndarray | None = None):
+        """(first cell, {modality in ``mods``: counts of the chunk's cells}) per chunk: all cells, or
+        those in the boolean ``cells``."""
         for start in range(0, self.n_cells, self.chunk_rows):
             rows = np.arange(start, min(start + self.chunk_rows, self.n_cells))
             if cells is not None:
                 rows = rows[cells[rows]]
             whole = self.sources["rna"].get_rows(self.rows["rna"][rows]) if self.shared else None
             yield start, {mod: _columns(whole if self.shared else self.sources[mod].get_rows(self.rows[mod][rows]),
-                                        self.columns[mod]) for mod in ("rna", "atac")}
+                                        self.columns[mod]) for mod in mods}
 
     def metrics(self, names: pd.Index) -> pd.DataFrame:
         """``coem.qc.compute_qc_metrics`` in one pass, checking the counts on the way."""
         total, detected = ({mod: np.zeros(self.n_cells) for mod in ("rna", "atac")} for _ in range(2))
         mito = np.zeros(self.n_cells)
         stored = dict.fromkeys(("rna", "atac"), 0)
-        for start, blocks in self.chunks():
-            stop = start + blocks["rna"].shape[0]
+        for start, blocks in (chunk for mods in self.passes() for chunk in self.chunks(mods)):
             for mod, block in blocks.items():
+                stop = start + block.shape[0]
                 _check_chunk(block.data, mod, self.sample, self.path)
                 total[mod][start:stop] = np.asarray(block.sum(axis=1)).ravel()
                 detected[mod][start:stop] = np.diff((block > 0).tocsr().indptr)
                 stored[mod] += int((block.data != 0).sum())
-            mito[start:stop] = np.asarray(blocks["rna"][:, self.mito].sum(axis=1)).ravel()
+                self._count_detected(mod, block, self._detected_in_all)
+                if mod == "rna":
+                    mito[start:stop] = np.asarray(block[:, self.mito].sum(axis=1)).ravel()
         for mod in ("rna", "atac"):
             if stored[mod] == 0:
                 raise CoemInputError(f"the {mod} matrix holds only zeros", self.sample, self.path)
@@ -274,15 +293,27 @@ class StreamedCounts:
                              "atac_n_peaks": detected["atac"].astype(np.int64)}, index=names.copy())
 
     def feature_cells(self, mod: str, keep: np.ndarray) -> np.ndarray:
-        """In how many of the kept cells each feature has a positive count (both modalities are
-        counted in the same pass; the other one is kept for the next call)."""
-        if self._feature_cells is None or not np.array_equal(self._feature_cells[0], keep):
-            counts = {m: np.zeros(self.n_features(m), dtype=np.int64) for m in ("rna", "atac")}
-            for _, blocks in self.chunks(keep):
+        """In how many of the kept cells each feature has a positive count (when both modalities are
+        read in the same pass, the other one is kept for the next call)."""
+        if mod in self._detected_in_all and (~keep).sum() <= keep.sum():
+            # The metrics pass counted all cells: subtract the (few) removed ones instead of a new pass.
+            removed = {}
+            for _, blocks in self.chunks((mod,), ~keep):
+                self._count_detected(mod, blocks[mod], removed)
+            return self._detected_in_all[mod] - removed.get(mod, 0)
+        cached = self._feature_cells
+        if cached is None or mod not in cached[1] or not np.array_equal(cached[0], keep):
+            counts = {}
+            for _, blocks in self.chunks(next(group for group in self.passes() if mod in group), keep):
                 for m, block in blocks.items():
-                    counts[m] += np.bincount(block.indices[block.data > 0], minlength=counts[m].size)
+                    self._count_detected(m, block, counts)
             self._feature_cells = (keep.copy(), counts)
         return self._feature_cells[1][mod]
+
+    def _count_detected(self, mod: str, block: sp.csr_matrix, counts: dict) -> None:
+        """Add, per feature, the block's cells with a positive count to ``counts[mod]``."""
+        detected = np.bincount(block.indices[block.data > 0], minlength=self.n_features(mod))
+        counts[mod] = counts[mod] + detected if mod in counts else detected
 
     def select(self, cells: np.ndarray, genes: np.ndarray, peaks: np.ndarray) -> None:
         """The cells, genes and peaks QC keeps (boolean masks; ``coem.qc.apply_qc`` calls this)."""
@@ -298,7 +329,7 @@ class StreamedCounts:
         with h5py.File(path, "r+") as f:
             writers = {mod: _CSRWriter(f[f"mod/{mod}/X"], (int(cells.sum()), features[mod].size))
                        for mod in ("rna", "atac")}
-            for _, blocks in self.chunks(cells):
+            for _, blocks in (chunk for mods in self.passes() for chunk in self.chunks(mods, cells)):
                 for mod, block in blocks.items():
                     writers[mod].append(block[:, features[mod]])
             for writer in writers.values():

@@ -114,8 +114,8 @@ def build_parser():
     parser.add_argument("--backed", choices=("auto", "on", "off"), default="auto",
                         help="read the input's counts (10x .h5, .h5mu or .h5ad pair stored as CSR) in row chunks "
                              "from disk and write the filtered counts chunk by chunk (coem.qc_backed): 'auto' when "
-                             "they would take more than 4 GiB in memory (default), 'on' whenever the file allows "
-                             "it, 'off' never")
+                             "reading them into memory would take more than about 8 GiB (default), 'on' whenever "
+                             "the file allows it, 'off' never")
     return parser
 
 

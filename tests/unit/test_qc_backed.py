@@ -170,3 +170,36 @@ def test_in_memory_qc_is_the_default_for_small_inputs(tmp_path, monkeypatch, cap
     with caplog.at_level("INFO"):
         assert _run_qc(tmp_path, prefix, "auto", TEST_DATA / "sim2.h5mu") == 0
     assert "counts read in chunks from disk" not in caplog.text
+
+
+def test_auto_streams_when_the_in_memory_read_would_peak_above_the_limit(monkeypatch):
+    row = {"h5": str(TEST_DATA / "sim1_filtered_feature_bc_matrix.h5")}
+    disk = qc_backed.open_on_disk(row)
+    with h5py.File(row["h5"]) as f:
+        assert disk.nnz == f["matrix/data"].shape[0]  # genes and peaks share one matrix, counted once
+    # A 10x file's in-memory read makes more copies than an .h5mu's, so it streams from fewer counts.
+    assert qc_backed.in_memory_bytes(disk) == disk.nnz * qc_backed.IN_MEMORY_BYTES_PER_ENTRY["h5"]
+    assert qc_backed.IN_MEMORY_BYTES_PER_ENTRY["h5"] > qc_backed.IN_MEMORY_BYTES_PER_ENTRY["h5mu"]
+    monkeypatch.setattr(qc_backed, "BACKED_AUTO_BYTES", qc_backed.in_memory_bytes(disk) - 1)
+    assert qc_backed.use_streaming(row, "auto") is not None
+    monkeypatch.setattr(qc_backed, "BACKED_AUTO_BYTES", qc_backed.in_memory_bytes(disk))
+    assert qc_backed.use_streaming(row, "auto") is None
+
+
+@pytest.mark.parametrize("kept_fraction", [0.9, 0.2])  # subtracting the removed cells / counting the kept ones
+def test_feature_counts_over_kept_cells_equal_a_direct_count(kept_fraction):
+    from coem.chunked import CSRSource
+
+    rng = np.random.default_rng(0)
+    rna = sp.random(97, 30, density=0.2, format="csr", random_state=1, data_rvs=lambda n: rng.integers(1, 5, n))
+    atac = sp.random(120, 40, density=0.1, format="csr", random_state=2, data_rvs=lambda n: rng.integers(1, 3, n))
+    atac_rows = np.sort(rng.choice(120, 97, replace=False))  # ATAC has 23 more cells, same order
+    counts = qc_backed.StreamedCounts(
+        {"rna": (CSRSource(rna), np.arange(97), None), "atac": (CSRSource(atac), atac_rows, np.arange(5, 40))},
+        mito=np.zeros(30, dtype=bool), chunk_rows=10)
+    metrics = counts.metrics(pd.Index([f"c{i}" for i in range(97)]))
+    np.testing.assert_array_equal(metrics["atac_total_counts"], atac[atac_rows][:, 5:].sum(axis=1).A1)
+    keep = rng.random(97) < kept_fraction
+    for mod, matrix in (("rna", rna), ("atac", atac[atac_rows][:, 5:])):
+        direct = np.asarray((matrix[keep] > 0).sum(axis=0)).ravel()
+        np.testing.assert_array_equal(counts.feature_cells(mod, keep), direct)
