@@ -35,6 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from coem.errors import CoemInputError
+from coem.readers import _quiet
 
 METRICS = ("rna_total_counts", "rna_n_genes", "rna_pct_mito", "atac_total_counts", "atac_n_peaks")
 MITO_PREFIX = "mt-"
@@ -472,9 +473,8 @@ def apply_qc(
                 sample=sample,
             )
 
-    filtered = md.MuData(
-        {"rna": _subset_modality(rna, cells, keep_genes), "atac": _subset_modality(atac, cells, keep_peaks)}
-    )
+    filtered = _quiet(md.MuData,  # without mudata's FutureWarning about pulling columns on update
+                      {"rna": _subset_modality(rna, cells, keep_genes), "atac": _subset_modality(atac, cells, keep_peaks)})
     if counts is not None:
         counts.select(keep, keep_genes, keep_peaks)
     _carry_obs(mdata, filtered, cells)

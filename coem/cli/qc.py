@@ -299,10 +299,11 @@ def _read(row: dict, args):
 
 def _write_outputs(prefix: str, args, filtered, report: QCReport, run: StepRun, counts=None) -> None:
     """Write everything; the h5mu goes to a temporary name and is renamed only at the end."""
+    from coem.readers import _quiet
     from coem.stepfiles import atomic_output
 
     with atomic_output(f"{prefix}.qc.h5mu") as partial:
-        filtered.write(str(partial))
+        _quiet(filtered.write, str(partial))  # mudata warns about a default change that does not concern us
         if counts is not None:  # the tables are written; now the counts, chunk by chunk
             counts.write_filtered(partial)
         Path(f"{prefix}.qc_summary.json").write_text(json.dumps(report.to_dict(), indent=1))
