@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _table import format_table  # benchmarks/_table.py, beside this script
+from _child import print_usage, write_results  # beside this script
+from _table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "out"
 FILES = {"10x": ("{p}_filtered_feature_bc_matrix.h5",), "h5mu": ("{p}.h5mu",), "pair": ("{p}_rna.h5ad", "{p}_atac.h5ad")}
 
 
@@ -105,17 +102,7 @@ def child(step_args: list[str]) -> None:
 
     if main(step_args) != 0:
         raise SystemExit("the QC step failed")
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mb": peak_rss_mb()}))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM, which starts afresh at exec (Linux's ru_maxrss
-    keeps the parent's high-water mark from before the exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print_usage()
 
 
 def mark_same_counts(rows: list[dict]) -> None:
@@ -147,11 +134,7 @@ def main(argv=None) -> int:
     mark_same_counts(rows)
     print(format_table(rows, ("n_cells", "format", "backed", "input_gib", "cells_kept", "wall_s", "cpu_s",
                               "peak_rss_mb", "same_counts_as_off")))
-    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_average_1m_at_end": os.getloadavg()[0]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / args.out).write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
-    print(f"\nwrote {OUT / args.out}")
+    write_results(args.out, rows)
     return 0
 
 

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _table import format_table  # benchmarks/_table.py, beside this script
+from _child import print_usage, write_results  # beside this script
+from _table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "out"
 
 
 def simulated(n_cells: int, data_dir: Path, seed: int) -> Path:
@@ -89,9 +86,7 @@ def child(step_args: list[str]) -> None:
     from coem.cli.train_vae import main
 
     main(step_args)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-                      "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}))
+    print_usage()
 
 
 def _embed_record(path: Path) -> str:
@@ -128,11 +123,7 @@ def main(argv=None) -> int:
         rows.append(run(int(cells), backed, args))
     print(format_table(rows, ("n_cells", "backed", "csr_in_memory_gib", "read_and_features_s", "s_per_epoch",
                         "train_cells_per_s", "embed_s", "embed_cells_per_s", "wall_s", "cpu_s", "peak_rss_mb")))
-    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_average_1m_at_end": os.getloadavg()[0]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / args.out).write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
-    print(f"\nwrote {OUT / args.out}")
+    write_results(args.out, rows)
     return 0
 
 
