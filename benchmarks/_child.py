@@ -37,3 +37,29 @@ def write_results(name: str, rows: list[dict]) -> Path:
     path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
     print(f"\nwrote {path}")
     return path
+
+
+def run_in_child(script: str, step_args: list[str], work: Path) -> tuple[float, dict]:
+    """``script --child STEP_ARGS`` as a fresh process in ``work``: (wall seconds, its usage)."""
+    import subprocess
+    import sys
+    import time
+
+    wall = time.perf_counter()
+    child = subprocess.run([sys.executable, script, "--child", json.dumps(step_args), "--data-dir", str(work)],
+                           check=True, cwd=work, stdout=subprocess.PIPE, text=True)
+    return time.perf_counter() - wall, json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def child_step(step_main, step_args: list[str]) -> None:
+    """In the child: run the step, stop on failure, then print the usage (``print_usage``)."""
+    if step_main(step_args) not in (0, None):
+        raise SystemExit("the step failed")
+    print_usage()
+
+
+def remove_dir(work: Path) -> None:
+    """A run's work folder (flat) and what it holds."""
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()

@@ -23,10 +23,9 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _child import print_usage, write_results  # beside this script
+from _child import child_step, remove_dir, run_in_child, write_results  # beside this script
 from _table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,20 +77,14 @@ def run(n_cells: int, fmt: str, backed: str, args) -> dict:
     step_args = ["--sample", f"qc{n_cells}", "--prefix", str(work / "out"), "--backed", backed,
                  "--seed", str(args.seed), *input_flags(fmt, paths)]
     print(f"[bench_qc_backed] {n_cells:,} cells, {fmt}, backed={backed} ...", file=sys.stderr, flush=True)
-    wall = time.perf_counter()
-    child = subprocess.run([sys.executable, __file__, "--child", json.dumps(step_args), "--data-dir", str(work)],
-                           check=True, cwd=work, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - wall
-    usage = json.loads(child.stdout.strip().splitlines()[-1])
+    wall, usage = run_in_child(__file__, step_args, work)
     summary = json.loads((work / "out.qc_summary.json").read_text())
     row = {"n_cells": n_cells, "format": fmt, "backed": backed,
            "input_gib": round(sum(p.stat().st_size for p in paths) / 1024**3, 2),
            "cells_kept": summary["cells_after"], "wall_s": round(wall, 1), "cpu_s": usage["cpu_s"],
            "peak_rss_mb": usage["peak_rss_mb"], "counts_sha256": counts_checksum(work / "out.qc.h5mu")}
     print(f"[bench_qc_backed]   {row['wall_s']} s, peak RSS {row['peak_rss_mb']} MB", file=sys.stderr, flush=True)
-    for f in work.iterdir():
-        f.unlink()
-    work.rmdir()
+    remove_dir(work)
     return row
 
 
@@ -100,9 +93,7 @@ def child(step_args: list[str]) -> None:
     sys.path.insert(0, str(REPO))
     from coem.cli.qc import main
 
-    if main(step_args) != 0:
-        raise SystemExit("the QC step failed")
-    print_usage()
+    child_step(main, step_args)
 
 
 def mark_same_counts(rows: list[dict]) -> None:

@@ -22,10 +22,9 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _child import print_usage, write_results  # beside this script
+from _child import child_step, remove_dir, run_in_child, write_results  # beside this script
 from _table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,11 +56,7 @@ def run(n_cells: int, backed: str, args) -> dict:
            "--cells-per-epoch", str(args.cells_per_epoch), "--warmup-epochs", "1", "--patience", "0",
            "--threads", str(args.threads), "--seed", str(args.seed), "--device", "cpu", *args.step_args.split()]
     print(f"[bench_vae_scale] {n_cells:,} cells, backed={backed} ...", file=sys.stderr, flush=True)
-    wall = time.perf_counter()
-    child = subprocess.run([sys.executable, __file__, "--child", json.dumps(step_args), "--data-dir", str(work)],
-                           check=True, cwd=work, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - wall
-    usage = json.loads(child.stdout.strip().splitlines()[-1])
+    wall, usage = run_in_child(__file__, step_args, work)
     record = json.loads(_embed_record(work / "out.embedding.h5ad"))
     t = record["timings"]
     row = {"n_cells": n_cells, "backed": record["backed"], "csr_in_memory_gib": csr_gib(path),
@@ -74,9 +69,7 @@ def run(n_cells: int, backed: str, args) -> dict:
            "cells_per_epoch": args.cells_per_epoch}
     print(f"[bench_vae_scale]   {row['wall_s']} s, peak RSS {row['peak_rss_mb']} MB", file=sys.stderr, flush=True)
     if not args.keep:
-        for f in work.iterdir():
-            f.unlink()
-        work.rmdir()
+        remove_dir(work)
     return row
 
 
@@ -85,8 +78,7 @@ def child(step_args: list[str]) -> None:
     sys.path.insert(0, str(REPO))
     from coem.cli.train_vae import main
 
-    main(step_args)
-    print_usage()
+    child_step(main, step_args)
 
 
 def _embed_record(path: Path) -> str:
