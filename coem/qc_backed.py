@@ -20,6 +20,7 @@ order in each (reading them would mean one disk read per cell).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from coem.chunked import CHUNK_ROWS, H5CSRSource
+from coem._logging import get_logger
+from coem.chunked import CHUNK_ROWS, PROGRESS_MIN_ROWS, H5CSRSource
 from coem.errors import CoemInputError
+
+log = get_logger("coem.qc_backed")
 
 # Stream when reading the input into memory would peak above this (``--backed auto``); QC runs
 # as process_low, 12 GB.
@@ -257,9 +261,16 @@ class StreamedCounts:
         after the other (half the memory)."""
         return [("rna", "atac")] if self.shared else [("rna",), ("atac",)]
 
-    def chunks(self, mods: tuple[str, ...], cells: np.ndarray | None = None):
+    def chunks(self, mods: tuple[str, ...], cells: np.ndarray | None = None, what: str = "pass"):
         """(first cell, {modality in ``mods``: counts of the chunk's cells}) per chunk: all cells, or
-        those in the boolean ``cells``."""
+        those in the boolean ``cells``. From ``PROGRESS_MIN_ROWS`` cells, each pass logs its time."""
+        started = time.perf_counter()
+        yield from self._chunks(mods, cells)
+        if self.n_cells >= PROGRESS_MIN_ROWS:  # a minute or more per pass at a million cells
+            read = self.n_cells if cells is None else int(cells.sum())
+            log.info("%s (%s): %d cells read in %.0f s", what, " + ".join(mods), read, time.perf_counter() - started)
+
+    def _chunks(self, mods: tuple[str, ...], cells: np.ndarray | None):
         for start in range(0, self.n_cells, self.chunk_rows):
             rows = np.arange(start, min(start + self.chunk_rows, self.n_cells))
             if cells is not None:
@@ -273,7 +284,7 @@ class StreamedCounts:
         total, detected = ({mod: np.zeros(self.n_cells) for mod in ("rna", "atac")} for _ in range(2))
         mito = np.zeros(self.n_cells)
         stored = dict.fromkeys(("rna", "atac"), 0)
-        for start, blocks in (chunk for mods in self.passes() for chunk in self.chunks(mods)):
+        for start, blocks in (chunk for mods in self.passes() for chunk in self.chunks(mods, what="metrics and count checks")):
             for mod, block in blocks.items():
                 stop = start + block.shape[0]
                 _check_chunk(block.data, mod, self.sample, self.path)
@@ -298,13 +309,13 @@ class StreamedCounts:
         if mod in self._detected_in_all and (~keep).sum() <= keep.sum():
             # The metrics pass counted all cells: subtract the (few) removed ones instead of a new pass.
             removed = {}
-            for _, blocks in self.chunks((mod,), ~keep):
+            for _, blocks in self.chunks((mod,), ~keep, "feature counts, removed cells"):
                 self._count_detected(mod, blocks[mod], removed)
             return self._detected_in_all[mod] - removed.get(mod, 0)
         cached = self._feature_cells
         if cached is None or mod not in cached[1] or not np.array_equal(cached[0], keep):
             counts = {}
-            for _, blocks in self.chunks(next(group for group in self.passes() if mod in group), keep):
+            for _, blocks in self.chunks(next(group for group in self.passes() if mod in group), keep, "feature counts"):
                 for m, block in blocks.items():
                     self._count_detected(m, block, counts)
             self._feature_cells = (keep.copy(), counts)
@@ -329,7 +340,7 @@ class StreamedCounts:
         with h5py.File(path, "r+") as f:
             writers = {mod: _CSRWriter(f[f"mod/{mod}/X"], (int(cells.sum()), features[mod].size))
                        for mod in ("rna", "atac")}
-            for _, blocks in (chunk for mods in self.passes() for chunk in self.chunks(mods, cells)):
+            for _, blocks in (chunk for mods in self.passes() for chunk in self.chunks(mods, cells, "writing the filtered counts")):
                 for mod, block in blocks.items():
                     writers[mod].append(block[:, features[mod]])
             for writer in writers.values():

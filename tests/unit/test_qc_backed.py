@@ -203,3 +203,19 @@ def test_feature_counts_over_kept_cells_equal_a_direct_count(kept_fraction):
     for mod, matrix in (("rna", rna), ("atac", atac[atac_rows][:, 5:])):
         direct = np.asarray((matrix[keep] > 0).sum(axis=0)).ravel()
         np.testing.assert_array_equal(counts.feature_cells(mod, keep), direct)
+
+
+def test_passes_over_a_large_sample_log_their_time(monkeypatch, caplog):
+    from coem.chunked import CSRSource
+
+    counts = qc_backed.StreamedCounts({"rna": (CSRSource(sp.eye(30, 4, format="csr")), np.arange(30), None),
+                                       "atac": (CSRSource(sp.eye(30, 5, format="csr")), np.arange(30), None)},
+                                      mito=np.zeros(4, dtype=bool), chunk_rows=7)
+    with caplog.at_level("INFO", logger="coem.qc_backed"):
+        counts.metrics(pd.Index([f"c{i}" for i in range(30)]))
+    assert "cells read in" not in caplog.text  # small: silent
+    monkeypatch.setattr(qc_backed, "PROGRESS_MIN_ROWS", 30)
+    with caplog.at_level("INFO", logger="coem.qc_backed"):
+        counts.metrics(pd.Index([f"c{i}" for i in range(30)]))
+    assert "metrics and count checks (rna): 30 cells read in" in caplog.text
+    assert "metrics and count checks (atac): 30 cells read in" in caplog.text
