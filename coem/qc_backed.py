@@ -7,10 +7,13 @@ Every input kind can be read this way when its counts are stored as rows of cell
 same checks as always (``coem.readers``) into a MuData whose ``X`` are empty, while
 :class:`StreamedCounts` reads the counts in row chunks for the three things QC needs from them:
 
-1. the per-cell metrics (``coem.qc.METRICS``) and the count checks of ``coem.readers.check_counts``
-   (finite, non-negative, integer, not all zero), one pass;
-2. in how many kept cells each gene and peak is detected (the feature filters), one pass;
-3. the filtered counts, written chunk by chunk into the output's ``mod/<mod>/X`` (``write_counts``).
+1. the per-cell metrics (``coem.qc.METRICS``), the count checks of ``coem.readers.check_counts``
+   (finite, non-negative, integer, not all zero) and in how many cells each feature is detected,
+   one pass;
+2. in how many kept cells each gene and peak is detected (the feature filters): the count over
+   all cells minus a read of the removed cells only;
+3. the filtered counts, written chunk by chunk into the output's ``mod/<mod>/X``
+   (``write_filtered``), one pass.
 
 Memory is one chunk plus a few numbers per cell and feature, whatever the number of cells, and
 the output equals the in-memory path's (``tests/unit/test_qc_backed.py``). An input stays in
@@ -31,6 +34,7 @@ import scipy.sparse as sp
 from coem._logging import get_logger
 from coem.chunked import CHUNK_ROWS, PROGRESS_MIN_ROWS, H5CSRSource
 from coem.errors import CoemInputError
+from coem.h5mu_backed import _encoding
 
 log = get_logger("coem.qc_backed")
 
@@ -42,11 +46,6 @@ BACKED_AUTO_BYTES = 8 * 2**30
 # and peak columns) than an .h5mu or a pair. 8 GiB is then about 4 GiB of counts as CSR for an
 # .h5mu or pair, and 2.8 GiB for a 10x file (250 million counts: some 20,000 cells of a 10x run).
 IN_MEMORY_BYTES_PER_ENTRY = {"h5": 34, "h5mu": 24, "pair": 24}
-
-
-def _encoding(node) -> str:
-    value = node.attrs.get("encoding-type", "")
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -128,7 +127,7 @@ class CountsOnDisk:
     file: str
     rna: ModalityOnDisk
     atac: ModalityOnDisk
-    obs: pd.DataFrame | None = None  # an .h5mu's global obs (labels ...)
+    obs: pd.DataFrame | None = None  # an .h5mu's global obs columns (labels ...)
 
     @property
     def nnz(self) -> int:
@@ -140,10 +139,9 @@ class CountsOnDisk:
         """``coem.readers``' reading without the counts: (MuData with empty X of the right shapes,
         :class:`StreamedCounts`). Features, contigs and barcodes go through the same checks."""
         import anndata as ad
-        import mudata as md
 
         from coem.qc import mito_mask
-        from coem.readers import _quiet, check_peak_contigs, gene_table, peak_table, shared_barcodes, update
+        from coem.readers import check_peak_contigs, gene_table, multiome, peak_table, shared_barcodes
 
         genes = gene_table(self.rna.var)
         peaks = peak_table(self.atac.var, sample, self.file)
@@ -153,12 +151,7 @@ class CountsOnDisk:
         mods = {"rna": ad.AnnData(X=empty(len(genes)), obs=self.rna.obs.loc[shared], var=genes, uns=self.rna.uns),
                 "atac": ad.AnnData(X=empty(int(keep.sum())), obs=self.atac.obs.loc[shared], var=peaks[keep],
                                    uns=self.atac.uns)}
-        mdata = _quiet(md.MuData, mods)
-        mdata.uns["coem_input"] = {"rna_barcodes": len(self.rna.obs), "atac_barcodes": len(self.atac.obs),
-                                   "shared_barcodes": int(len(shared))}
-        for col in (c for c in (self.obs.columns if self.obs is not None else []) if ":" not in str(c)):
-            mdata.obs[col] = self.obs[col].reindex(mdata.obs_names).to_numpy()
-        update(mdata)
+        mdata = multiome(mods, len(self.rna.obs), len(self.atac.obs), self.obs)
         atac_columns = np.flatnonzero(keep) if self.atac.columns is None else self.atac.columns[keep]
         counts = StreamedCounts(
             {"rna": (self.rna.source, self.rna.obs.index.get_indexer(shared), self.rna.columns),
@@ -190,6 +183,7 @@ def open_on_disk(row) -> CountsOnDisk | None:
                                    ((RNA_ALIASES, "rna"), (ATAC_ALIASES, "atac")))
             rna, atac = _anndata_on_disk(files[0], f"mod/{rna_name}/"), _anndata_on_disk(files[0], f"mod/{atac_name}/")
             obs = read_obs(files[0])
+            obs = obs.loc[:, [c for c in obs.columns if ":" not in str(c)]]  # global columns, as read_h5mu keeps
         else:
             rna, atac = _anndata_on_disk(files[0]), _anndata_on_disk(files[1])
             obs = None

@@ -291,11 +291,17 @@ def assemble(
     atac = ad.AnnData(X=check_counts(counts[:, keep] if not keep.all() else counts, "atac", sample, file),
                       obs=_str_index(atac.obs), var=peaks[keep], uns=dict(atac.uns))
     shared = shared_barcodes(rna.obs_names, atac.obs_names, sample, file)
-    mods = {"rna": rna[shared].copy(), "atac": atac[shared].copy()}
-    mdata = _quiet(md.MuData, mods)
+    return multiome({"rna": rna[shared].copy(), "atac": atac[shared].copy()}, rna.n_obs, atac.n_obs, obs)
+
+
+def multiome(mods: Mapping[str, ad.AnnData], rna_barcodes: int, atac_barcodes: int,
+             obs: pd.DataFrame | None = None) -> md.MuData:
+    """The MuData of the two modalities (already on their shared cells), with what the barcode
+    intersection cost and the input's global ``obs`` columns (labels ...) on those cells."""
+    mdata = _quiet(md.MuData, dict(mods))
     # What the intersection cost, for the QC step's data-loss warnings (coem.qc.data_loss_warnings).
-    mdata.uns["coem_input"] = {"rna_barcodes": int(rna.n_obs), "atac_barcodes": int(atac.n_obs),
-                               "shared_barcodes": int(len(shared))}
+    mdata.uns["coem_input"] = {"rna_barcodes": int(rna_barcodes), "atac_barcodes": int(atac_barcodes),
+                               "shared_barcodes": int(mdata.n_obs)}
     if obs is not None and len(obs.columns):
         for col in obs.columns:
             mdata.obs[col] = obs[col].reindex(mdata.obs_names).to_numpy()
